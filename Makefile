@@ -1,0 +1,63 @@
+# curvbench — `make help` lists the targets.
+# Everything runs inside ./.venv, created and filled by `make install` (the other targets call it).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU wheel of torch lies on this machine's disk; an unpinned torch would pull a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# curvbench CLI flags, e.g. `make overhead ARGS="--device cuda --rounds 30"`
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast lint format overhead overhead-table figures gridsearch gridsearch-smoke gate clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test,figures,cluster]"
+	@# Reference peers without their torchvision pin (they import without it), plus what they need.
+	$(PY) -m pip install --quiet --no-deps backpack-for-pytorch==1.7.1 opacus==1.6.0 deepobs==1.1.2
+	$(PY) -m pip install --quiet einops unfoldNd opt_einsum scipy
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install curvbench with test, reference and figure extras
+
+test: $(STAMP) ## run the whole test suite (oracles, deepobs/backpack references, timing gate)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP) ## the test suite without slow tests
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## ruff format + autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) -> results/overhead/ (CPU defaults finish in <15 min)
+	$(VENV)/bin/curvbench overhead $(ARGS)
+
+overhead-table: $(STAMP) ## ours vs BackPACK, per quantity, both networks, batch 128 (the extensions issue's table)
+	$(PY) -m bench.compare_table $(ARGS)
+
+figures: $(STAMP) ## rebuild plots/ and the REPORT.md files from the committed CSVs
+	$(VENV)/bin/curvbench figures $(ARGS)
+
+gridsearch: $(STAMP) ## the paper's full alpha/lambda grid (meant for CUDA; resumable)
+	$(VENV)/bin/curvbench gridsearch run $(ARGS)
+
+gridsearch-smoke: $(STAMP) ## a tiny grid on synthetic data, end to end, with a kill -9 and a resume
+	$(VENV)/bin/curvbench gridsearch smoke $(ARGS)
+
+gate: $(STAMP) ## the CI timing-regression gate alone
+	$(PY) -m pytest -q -m timing
+
+clean: ## remove caches (keeps .venv, results and plots)
+	rm -rf .pytest_cache .ruff_cache .benchmarks build *.egg-info

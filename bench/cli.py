@@ -1,0 +1,59 @@
+"""The ``curvbench`` command line (also ``python -m bench``).
+
+    curvbench problems                  # the problems table
+    curvbench data download cifar10     # fetch + verify CIFAR-10
+    curvbench overhead --help           # the paper's overhead benchmark (Fig. 6 / Fig. 3)
+    curvbench gridsearch --help         # the paper's alpha/lambda grid search
+    curvbench figures                   # rebuild plots/ and REPORT.md from results/
+
+Each subcommand lives in ``bench/commands/<name>.py`` and exposes ``add_parser(subparsers)``,
+which registers its parser and sets ``func`` (called with the parsed namespace; returns an exit
+code). Commands are imported lazily so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand name -> module under bench.commands
+COMMANDS = {
+    "problems": "problems",
+    "data": "data",
+    "overhead": "overhead",
+    "gridsearch": "gridsearch",
+    "figures": "figures",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="curvbench",
+        description="Benchmark and reproduce BackPACK (Dangel, Kunstner, Hennig, ICLR 2020).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMANDS.values():
+        try:
+            module = importlib.import_module(f"bench.commands.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"bench.commands.{module_name}":
+                raise
+            continue  # not built yet
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
