@@ -22,6 +22,8 @@ class Record:
     module: nn.Module
     input: Tensor  # detached input
     output: Tensor  # detached output
+    #: module-specific state recorded in forward, e.g. {"mask": ...} for Dropout in train mode
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
