@@ -1,0 +1,137 @@
+"""Atomic result files and resume logic, shared by the overhead benchmark and the grid search.
+
+Every write goes to a temporary file in the target's directory and is then ``os.replace``d, so a
+killed run leaves either the old or the new file, never a torn one. ``merge_rows`` implements
+"a rerun skips what exists unless told to redo it": rows are keyed by a tuple of columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    """Serialise numpy scalars, paths and other simple objects."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    return atomic_write_text(path, text)
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    """Return the parsed JSON at ``path``, or ``default`` when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _cell(value: Any) -> Any:
+    """Convert a value to a CSV cell: ``None`` and NaN become empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
+
+
+def atomic_write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]):
+    """Write ``rows`` with the header ``columns`` (extra keys are kept after them) atomically.
+
+    Args:
+        path: the CSV file.
+        rows: dict rows; missing columns are written empty.
+        columns: the leading columns, in order.
+
+    Returns:
+        The path written.
+
+    """
+    rows = list(rows)
+    header = list(columns)
+    for row in rows:
+        header.extend(key for key in row if key not in header)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(row.get(key)) for key in header})
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_csv_rows(path: str | Path) -> list[Row]:
+    """Read the rows of a CSV as dicts of strings (empty list when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def row_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> tuple[str, ...]:
+    """Return the identity of a row: its ``key_columns`` values as strings (CSV round-trip safe)."""
+    return tuple(str(row.get(column, "")) for column in key_columns)
+
+
+def existing_keys(path: str | Path, key_columns: Sequence[str]) -> set[tuple[str, ...]]:
+    """Keys of the rows already stored in ``path`` (for skipping finished work on a rerun)."""
+    return {row_key(row, key_columns) for row in read_csv_rows(path)}
+
+
+def merge_rows(
+    old: Iterable[Mapping[str, Any]],
+    new: Iterable[Mapping[str, Any]],
+    key_columns: Sequence[str],
+) -> list[Row]:
+    """``old`` rows updated by ``new`` rows with the same key (new ones win), order preserved."""
+    merged: dict[tuple[str, ...], Row] = {}
+    for row in old:
+        merged[row_key(row, key_columns)] = dict(row)
+    for row in new:
+        merged[row_key(row, key_columns)] = dict(row)
+    return list(merged.values())
+
+
+def upsert_csv(
+    path: str | Path,
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[str],
+    key_columns: Sequence[str],
+) -> Path:
+    """Merge ``rows`` into the CSV at ``path`` by key and rewrite it atomically."""
+    merged = merge_rows(read_csv_rows(path), rows, key_columns)
+    return atomic_write_csv(path, merged, columns)
