@@ -1,0 +1,217 @@
+"""Executors: how the sweep's runs get run (in-process, a local process pool; SLURM elsewhere).
+
+The interface every executor implements (the SLURM executor in ``bench/executors_slurm.py``
+included)::
+
+    class Executor(Protocol):
+        def run(self, jobs: list[RunConfig], store: RunStore) -> None: ...
+
+``run`` trains every job that is not done yet and returns when all are done, failed or diverged;
+it never raises because one run failed (the run's sidecar says ``failed`` with the traceback).
+
+The unit of work is the module-level, picklable :func:`run_job`::
+
+    run_job(config_dict: dict, store_dir: str) -> str   # the run's final status
+
+``config_dict`` is :meth:`bench.sweep.RunConfig.to_dict` (plain JSON types), ``store_dir`` the
+store's root. It is idempotent and resumable: a finished or diverged run returns its status at
+once, a run another live process holds returns ``"running"``, and an interrupted run resumes from
+its last epoch checkpoint. A SLURM array task, a pool worker and the in-process loop all call it.
+It sets nothing global except torch's thread count (``CURVBENCH_NUM_THREADS``, if set).
+
+This module imports torch lazily so that a worker can set ``CUDA_VISIBLE_DEVICES`` first.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from bench.sweep import RunConfig, RunStore
+
+#: Environment variable read by :func:`run_job` to cap torch's intra-op threads.
+THREADS_ENV = "CURVBENCH_NUM_THREADS"
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs a list of jobs against a store (see the module docstring)."""
+
+    def run(self, jobs: list[RunConfig], store: RunStore) -> None:
+        """Train every job not done yet; return when all ended."""
+
+
+def run_job(config_dict: dict, store_dir: str) -> str:
+    """Train (or resume, or skip) one run; returns its status (see the module docstring).
+
+    Args:
+        config_dict: :meth:`RunConfig.to_dict` of the run.
+        store_dir: the store's root folder.
+
+    Returns:
+        ``"finished"``, ``"diverged"``, ``"failed"`` or ``"running"`` (held by another process).
+
+    """
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    from bench.train import train_run  # lazy: torch and the problems only in the worker
+
+    config = RunConfig.from_dict(config_dict)
+    store = RunStore(store_dir)
+    with store.lock(config.run_id) as held:
+        if not held:
+            return "running"
+        if store.is_done(config.run_id):
+            return store.read_sidecar(config.run_id)["status"]
+        try:
+            return train_run(config, store)
+        except Exception:  # noqa: BLE001 - one failed run never stops the sweep
+            sidecar = store.read_sidecar(config.run_id) or {"config": config.to_dict()}
+            sidecar.update(status="failed", error=traceback.format_exc())
+            store.write_sidecar(config.run_id, sidecar)
+            return "failed"
+
+
+def pending(jobs: Sequence[RunConfig], store: RunStore) -> list[RunConfig]:
+    """Return the jobs whose runs are not done (deduplicated by run_id, order kept)."""
+    seen, todo = set(), []
+    for job in jobs:
+        if job.run_id in seen or store.is_done(job.run_id):
+            continue
+        seen.add(job.run_id)
+        todo.append(job)
+    return todo
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+
+
+class InProcessExecutor:
+    """Runs the jobs one after the other in this process (the default for ``-j 1``)."""
+
+    def run(self, jobs: list[RunConfig], store: RunStore) -> None:
+        """Train every pending job here, with a progress bar."""
+        todo = pending(jobs, store)
+        with _progress(len(todo), "runs") as bar:
+            for job in todo:
+                status = run_job(job.to_dict(), str(store.root))
+                bar.set_postfix_str(f"{job.method} lr={job.lr:g}: {status}")
+                bar.update()
+
+
+def _enter_slot(visible_devices: str | None, threads: int) -> None:
+    """Pool-worker initializer: pin the worker to its slot before torch touches CUDA."""
+    if visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
+    os.environ[THREADS_ENV] = str(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+class LocalPoolExecutor:
+    """A local process pool: one fresh (spawned) process per run, ``runs_per_slot`` per slot.
+
+    A slot is one GPU (its id goes to ``CUDA_VISIBLE_DEVICES``, so the run sees it as
+    ``cuda:0``) or, with ``gpus=None``, a share of the CPU. Each slot has its own pool; the
+    dispatcher keeps every slot busy with up to ``runs_per_slot`` runs.
+
+    Args:
+        slots: the number of CPU slots (ignored when ``gpus`` is given).
+        runs_per_slot: concurrent runs sharing one slot.
+        gpus: GPU ids, one slot each (e.g. ``["0", "1"]``).
+        threads_per_run: torch threads per run; default: the CPU cores split evenly.
+
+    """
+
+    def __init__(
+        self,
+        slots: int = 1,
+        runs_per_slot: int = 1,
+        gpus: Sequence[str] | None = None,
+        threads_per_run: int | None = None,
+    ):
+        if runs_per_slot < 1 or slots < 1:
+            raise ValueError("slots and runs_per_slot must be >= 1")
+        self.slot_devices: list[str | None] = list(gpus) if gpus else [None] * slots
+        self.runs_per_slot = runs_per_slot
+        concurrent = len(self.slot_devices) * runs_per_slot
+        self.threads_per_run = threads_per_run or max(1, (os.cpu_count() or 1) // concurrent)
+
+    def run(self, jobs: list[RunConfig], store: RunStore) -> None:
+        """Train every pending job in worker processes; return when all ended."""
+        todo = pending(jobs, store)
+        ctx = mp.get_context("spawn")
+        pools = [
+            cf.ProcessPoolExecutor(
+                max_workers=self.runs_per_slot,
+                mp_context=ctx,
+                max_tasks_per_child=1,
+                initializer=_enter_slot,
+                initargs=(dev, self.threads_per_run),
+            )
+            for dev in self.slot_devices
+        ]
+        in_flight: dict[cf.Future, tuple[int, RunConfig]] = {}
+        load = [0] * len(pools)
+        queue = list(reversed(todo))
+        try:
+            with _progress(len(todo), "runs") as bar:
+                while queue or in_flight:
+                    for slot, pool in enumerate(pools):
+                        while queue and load[slot] < self.runs_per_slot:
+                            job = queue.pop()
+                            fut = pool.submit(run_job, job.to_dict(), str(store.root))
+                            in_flight[fut] = (slot, job)
+                            load[slot] += 1
+                    done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        slot, job = in_flight.pop(fut)
+                        load[slot] -= 1
+                        try:
+                            status = fut.result()
+                        except Exception as err:  # noqa: BLE001 - a crashed worker
+                            status = f"failed ({type(err).__name__})"
+                        bar.set_postfix_str(f"{job.method} lr={job.lr:g}: {status}")
+                        bar.update()
+        finally:
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_executor(
+    kind: str = "local",
+    *,
+    jobs: int = 1,
+    runs_per_slot: int = 1,
+    gpus: Sequence[str] | None = None,
+    **slurm_options,
+) -> Executor:
+    """Build an executor by name: ``local`` (in-process for one run at a time) or ``slurm``.
+
+    Args:
+        kind: ``"local"`` or ``"slurm"``.
+        jobs: local slots (CPU shares, or GPUs when ``gpus`` is given the first ``jobs`` of them).
+        runs_per_slot: concurrent runs per slot.
+        gpus: GPU ids for the slots.
+        **slurm_options: passed to the SLURM executor.
+
+    """
+    if kind == "local":
+        slots = list(gpus)[: max(1, jobs)] if gpus else None
+        if (len(slots) if slots else jobs) * runs_per_slot == 1:
+            return InProcessExecutor()
+        return LocalPoolExecutor(slots=jobs, runs_per_slot=runs_per_slot, gpus=slots)
+    if kind == "slurm":
+        from bench import executors_slurm  # built by the SLURM engineer
+
+        return executors_slurm.SlurmExecutor(**slurm_options)
+    raise ValueError(f"unknown executor {kind!r}; valid: local, slurm")
