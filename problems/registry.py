@@ -1,0 +1,285 @@
+"""The four CIFAR test problems (``problems.get(name)``) and what defines each of them.
+
+Batch size and epochs: DeepOBS's ``DEFAULT_TEST_PROBLEMS_SETTINGS`` has 128/100 for cifar10_3c3d
+and 256/350 for cifar100_allcnnc. It has no entry for cifar100_3c3d, and cifar10_allcnnc is not a
+DeepOBS problem; those two take the values of their architecture's DeepOBS sibling (our choice).
+
+``cifar10_allcnnc`` is **not in DeepOBS** (``in_deepobs=False``): it is cifar100_allcnnc's network
+with a 10-class last layer (1,369,738 parameters) and cifar100_allcnnc's L2 factor 5e-4. (The only
+CIFAR-10 All-CNN-C we know of, in the research fork ltatzel/DeepOBS, drops the dropout layers and
+uses L2 1e-3; we do not follow it.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench.spec import PROBLEMS, device_of
+from problems.nets import ARCHITECTURES
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass(frozen=True)
+class CifarProblem:
+    """An image-classification test problem: network, loss, L2 regulariser and data.
+
+    Implements the ``bench.spec.Problem`` protocol.
+
+    Attributes:
+        name: Registry name, e.g. ``"cifar10_3c3d"``.
+        dataset: ``"cifar10"`` or ``"cifar100"``.
+        num_classes: Number of classes (network outputs).
+        l2: DeepOBS weight-decay factor, applied to every parameter whose name has no ``"bias"``.
+        batch_size: Default training batch size.
+        epochs: Default number of training epochs.
+        in_deepobs: Whether DeepOBS (1.1.2 / 1.2.0-beta) has this problem.
+        architecture: Key of ``problems.nets.ARCHITECTURES`` (``"3c3d"`` or ``"allcnnc"``).
+        description: One line for tables and ``--help``.
+
+    """
+
+    name: str
+    dataset: str
+    num_classes: int
+    l2: float
+    batch_size: int
+    epochs: int
+    in_deepobs: bool
+    architecture: str
+    description: str
+
+    def _builder(self) -> Callable[[int], nn.Sequential]:
+        """Return the network builder of this problem's architecture."""
+        return ARCHITECTURES[self.architecture]
+
+    def model(
+        self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> nn.Sequential:
+        """Build a freshly initialised network (seed with ``torch.manual_seed`` first).
+
+        The network is always built and initialised on the CPU from the global CPU generator (so a
+        seed gives DeepOBS's initial weights on every device), then moved.
+
+        Args:
+            device: Where to move the network afterwards (default: stay on the CPU).
+            dtype: Floating dtype to cast to afterwards (default: float32).
+
+        Returns:
+            A flat ``nn.Sequential`` of standard modules mapping ``[N, 3, 32, 32]`` to
+            ``[N, num_classes]`` logits.
+
+        """
+        with torch.device("cpu"):
+            net = self._builder()(self.num_classes)
+        if device is not None or dtype is not None:
+            net = net.to(device=device, dtype=dtype)
+        return net
+
+    def loss_fn(self, reduction: str = "mean") -> nn.Module:
+        """Return the data loss: cross-entropy on logits (the L2 term is ``l2_penalty``).
+
+        Args:
+            reduction: ``"mean"`` (DeepOBS's default), ``"sum"`` or ``"none"``.
+
+        Returns:
+            ``nn.CrossEntropyLoss(reduction=reduction)``.
+
+        Raises:
+            ValueError: For any other reduction.
+
+        """
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(_REDUCTIONS)}")
+        return nn.CrossEntropyLoss(reduction=reduction)
+
+    def l2_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """DeepOBS's regularisation groups: weights get ``l2``, biases 0.
+
+        Args:
+            model: A network of this problem (any module; grouped by parameter name).
+
+        Returns:
+            ``[{"params": weights, "l2": l2}, {"params": biases, "l2": 0.0}]`` where the biases are
+            the parameters whose ``named_parameters()`` name contains ``"bias"``.
+
+        """
+        weights, biases = [], []
+        for name, param in model.named_parameters():
+            (biases if "bias" in name else weights).append(param)
+        return [{"params": weights, "l2": self.l2}, {"params": biases, "l2": 0.0}]
+
+    def l2_penalty(self, model: nn.Module) -> Tensor:
+        """Compute the L2 regulariser ``0.5 * l2 * sum ||W||^2`` over the weights (not biases).
+
+        Summed in DeepOBS's order (``0.5 * sum(l2 * ||W||^2)``), so value and gradients match its
+        ``get_regularization_loss`` bit for bit.
+
+        Args:
+            model: A network of this problem.
+
+        Returns:
+            A scalar tensor on the model's device, differentiable w.r.t. the weights.
+
+        """
+        terms = [
+            group["l2"] * param.pow(2).sum()
+            for group in self.l2_groups(model)
+            if group["l2"] > 0.0
+            for param in group["params"]
+        ]
+        if not terms:
+            return torch.zeros((), device=device_of(model))
+        return 0.5 * sum(terms)
+
+    def num_parameters(self) -> int:
+        """Count the parameters (on the meta device: no RNG draws, no memory)."""
+        with torch.device("meta"):
+            net = self._builder()(self.num_classes)
+        return sum(p.numel() for p in net.parameters())
+
+    def data(
+        self,
+        source: str = "cifar",
+        *,
+        seed: int = 42,
+        root: str | None = None,
+        device: torch.device | str = "cpu",
+        batch_size: int | None = None,
+        train_eval_size: int = 10000,
+    ) -> Any:
+        """Load this problem's data splits via ``problems.data.load_problem_data``.
+
+        Args:
+            source: ``"cifar"`` (the real, cached dataset) or ``"synthetic"``.
+            seed: Seed of the split and batch order.
+            root: Data directory (default: ``$CURVBENCH_DATA`` or the user cache).
+            device: Where the data lives.
+            batch_size: Training batch size (default: ``self.batch_size``).
+            train_eval_size: Size of the train-eval subset.
+
+        Returns:
+            Whatever ``problems.data.load_problem_data`` returns.
+
+        """
+        return _data_package().load_problem_data(
+            self,
+            source=source,
+            seed=seed,
+            root=root,
+            device=device,
+            batch_size=batch_size,
+            train_eval_size=train_eval_size,
+        )
+
+    def data_present(self, root: str | None = None) -> bool:
+        """Whether this problem's dataset is downloaded and verified in ``root``.
+
+        Args:
+            root: Data directory (default: ``$CURVBENCH_DATA`` or the user cache).
+
+        Returns:
+            ``problems.data.is_cached(self.dataset, root)``.
+
+        """
+        return bool(_data_package().is_cached(self.dataset, root))
+
+
+def _data_package() -> Any:
+    """Import ``problems.data`` lazily, with a clear error if it is not there."""
+    try:
+        import problems.data as data
+    except ModuleNotFoundError as err:
+        if err.name not in ("problems.data", "problems"):
+            raise
+        raise ImportError(
+            "the data package problems.data is not available in this checkout; "
+            "data loading and the data-present check need it"
+        ) from err
+    return data
+
+
+_REGISTRY: dict[str, CifarProblem] = {
+    p.name: p
+    for p in (
+        CifarProblem(
+            name="cifar10_3c3d",
+            dataset="cifar10",
+            num_classes=10,
+            l2=0.002,
+            batch_size=128,
+            epochs=100,
+            in_deepobs=True,
+            architecture="3c3d",
+            description="DeepOBS 3C3D on CIFAR-10 (3 conv + 3 dense layers)",
+        ),
+        CifarProblem(
+            name="cifar100_3c3d",
+            dataset="cifar100",
+            num_classes=100,
+            l2=0.002,
+            batch_size=128,  # no DeepOBS default; as cifar10_3c3d
+            epochs=100,
+            in_deepobs=True,
+            architecture="3c3d",
+            description="DeepOBS 3C3D on CIFAR-100 (no DeepOBS default batch size/epochs)",
+        ),
+        CifarProblem(
+            name="cifar10_allcnnc",
+            dataset="cifar10",
+            num_classes=10,
+            l2=5e-4,
+            batch_size=256,  # not in DeepOBS; as cifar100_allcnnc
+            epochs=350,
+            in_deepobs=False,
+            architecture="allcnnc",
+            description=(
+                "All-CNN-C on CIFAR-10: NOT in DeepOBS; cifar100_allcnnc with 10 outputs and "
+                "its L2/batch size/epochs"
+            ),
+        ),
+        CifarProblem(
+            name="cifar100_allcnnc",
+            dataset="cifar100",
+            num_classes=100,
+            l2=5e-4,
+            batch_size=256,
+            epochs=350,
+            in_deepobs=True,
+            architecture="allcnnc",
+            description="DeepOBS All-CNN-C on CIFAR-100",
+        ),
+    )
+}
+assert tuple(_REGISTRY) == PROBLEMS, "registry order must follow bench.spec.PROBLEMS"
+
+
+def names() -> tuple[str, ...]:
+    """Return the problem names, in ``bench.spec.PROBLEMS`` order."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> CifarProblem:
+    """Return the problem called ``name``.
+
+    Args:
+        name: One of ``names()``.
+
+    Returns:
+        The (immutable) problem.
+
+    Raises:
+        ValueError: For an unknown name; the message lists the valid ones.
+
+    """
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown problem {name!r}; valid problems: {', '.join(_REGISTRY)}"
+        ) from None
