@@ -1,0 +1,368 @@
+"""The real CIFAR-10/100 source: download, md5 verification, safe reading, parsing and cache.
+
+The official python-version archives are streamed to a temporary file (with a progress bar),
+verified against their md5, read member by member straight from the tar (nothing is extracted to
+disk; members with absolute paths, ``..`` or links are refused), unpickled with an unpickler that
+only admits numpy arrays, and cached as one ``.pt`` file per data set holding uint8
+``[N, 3, 32, 32]`` images and int64 labels. The cache file and its JSON marker (the verified md5 and
+the cache's size) are each written to a temporary file and moved into place with ``os.replace``,
+marker last, so an interrupted or corrupt download never leaves a cache that passes as valid.
+
+Locations: the data directory is ``root`` if given, else ``$CURVBENCH_DATA``, else
+``$XDG_CACHE_HOME/curvbench``, else ``~/.cache/curvbench``. The download base URL is
+``base_url`` if given, else ``$CURVBENCH_CIFAR_URL``, else the official Toronto URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from problems.data.errors import (
+    ArchiveFormatError,
+    ChecksumError,
+    DataNotFoundError,
+    DownloadError,
+    UnknownDatasetError,
+    UnsafeArchiveError,
+)
+
+DEFAULT_BASE_URL = "https://www.cs.toronto.edu/~kriz"
+ENV_DATA_DIR = "CURVBENCH_DATA"
+ENV_BASE_URL = "CURVBENCH_CIFAR_URL"
+CACHE_FORMAT = 1
+_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    """Where a CIFAR data set comes from and how its archive is laid out."""
+
+    name: str
+    archive: str
+    md5: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    num_classes: int
+
+
+DATASETS: dict[str, CifarSpec] = {
+    "cifar10": CifarSpec(
+        name="cifar10",
+        archive="cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+        folder="cifar-10-batches-py",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_files=("test_batch",),
+        label_key="labels",
+        num_classes=10,
+    ),
+    "cifar100": CifarSpec(
+        name="cifar100",
+        archive="cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        folder="cifar-100-python",
+        train_files=("train",),
+        test_files=("test",),
+        label_key="fine_labels",
+        num_classes=100,
+    ),
+}
+
+
+def resolve_dataset(name: str) -> CifarSpec:
+    """The spec of a data set given its name or a problem name (``cifar10_3c3d`` -> cifar10)."""
+    key = str(name).lower().split("_", 1)[0]
+    if key not in DATASETS:
+        raise UnknownDatasetError(
+            f"unknown data set {name!r}; valid names: {', '.join(DATASETS)} "
+            "(or a problem name such as cifar10_3c3d)"
+        )
+    return DATASETS[key]
+
+
+def data_dir(root: str | os.PathLike | None = None) -> Path:
+    """The data directory: ``root``, ``$CURVBENCH_DATA``, or the user cache dir (not created)."""
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get(ENV_DATA_DIR):
+        return Path(os.environ[ENV_DATA_DIR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "curvbench"
+
+
+def cache_file(dataset: str, root: str | os.PathLike | None = None) -> Path:
+    """The cached tensors of ``dataset``."""
+    return data_dir(root) / f"{resolve_dataset(dataset).name}.pt"
+
+
+def marker_file(dataset: str, root: str | os.PathLike | None = None) -> Path:
+    """The JSON marker that makes the cache of ``dataset`` valid."""
+    return data_dir(root) / f"{resolve_dataset(dataset).name}.json"
+
+
+def read_marker(dataset: str, root: str | os.PathLike | None = None) -> dict | None:
+    """The marker of a valid cache, or None when the cache is missing, partial or inconsistent."""
+    marker, cache = marker_file(dataset, root), cache_file(dataset, root)
+    try:
+        info = json.loads(marker.read_text())
+        valid = (
+            info.get("format") == CACHE_FORMAT
+            and info.get("dataset") == resolve_dataset(dataset).name
+            and cache.stat().st_size == info.get("cache_bytes")
+        )
+    except (OSError, ValueError, AttributeError):
+        return None
+    return info if valid else None
+
+
+def is_cached(dataset: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether a verified, complete cache of ``dataset`` exists in the data directory."""
+    return read_marker(dataset, root) is not None
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """The md5 hex digest of a file, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then ``os.replace`` it onto ``path``; no partial file remains."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def stream_download(url: str, dest: Path, timeout: float = 60.0, progress: bool = True) -> str:
+    """Stream ``url`` into ``dest`` with a progress bar; returns the md5 of the bytes received.
+
+    Raises:
+        DownloadError: On a network error or when fewer bytes than announced arrive.
+
+    """
+    digest = hashlib.md5()
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+            total = response.headers.get("Content-Length")
+            total = int(total) if total is not None else None
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"download {PurePosixPath(url).name}",
+                disable=not progress,
+            ) as bar:
+                for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except (OSError, ValueError) as err:  # URLError, HTTPError, IncompleteRead, timeouts
+        raise DownloadError(f"download of {url} failed after {received} bytes: {err}") from err
+    if total is not None and received != total:
+        raise DownloadError(f"download of {url} ended early: {received} of {total} bytes")
+    return digest.hexdigest()
+
+
+def _check_members(tar: tarfile.TarFile, archive: str) -> None:
+    """Refuse archives whose members would escape the directory they are extracted to."""
+    for member in tar.getmembers():
+        path = PurePosixPath(member.name)
+        if path.is_absolute() or ".." in path.parts or member.issym() or member.islnk():
+            raise UnsafeArchiveError(
+                f"{archive}: refusing unsafe member {member.name!r} (absolute, '..' or a link)"
+            )
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Admits only what the CIFAR batches contain: numpy arrays and builtin containers."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}, not allowed")
+        return super().find_class(module, name)
+
+
+def _read_batch(tar: tarfile.TarFile, member: str, label_key: str) -> tuple[Tensor, Tensor]:
+    try:
+        raw = tar.extractfile(member)
+    except KeyError as err:
+        raise ArchiveFormatError(f"archive lacks {member!r}") from err
+    if raw is None:
+        raise ArchiveFormatError(f"archive member {member!r} is not a file")
+    batch = _NumpyOnlyUnpickler(io.BytesIO(raw.read()), encoding="latin1").load()
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "data" not in batch or label_key not in batch:
+        raise ArchiveFormatError(f"{member!r} lacks 'data' or {label_key!r}: {sorted(batch)}")
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    labels = np.asarray(batch[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
+        raise ArchiveFormatError(
+            f"{member!r}: data {data.shape} / labels {labels.shape}, expected [N, 3072] / [N]"
+        )
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    return images, torch.from_numpy(labels.copy())
+
+
+def parse_archive(path: str | os.PathLike, spec: CifarSpec) -> dict[str, Tensor]:
+    """Read the train and test batches of a CIFAR python archive (nothing written to disk).
+
+    Returns:
+        ``{"x_train", "y_train", "x_test", "y_test"}``: uint8 ``[N, 3, 32, 32]``, int64 ``[N]``.
+
+    """
+    with tarfile.open(path, "r:*") as tar:
+        _check_members(tar, Path(path).name)
+        out = {}
+        for split, files in (("train", spec.train_files), ("test", spec.test_files)):
+            parts = [_read_batch(tar, f"{spec.folder}/{f}", spec.label_key) for f in files]
+            out[f"x_{split}"] = torch.cat([p[0] for p in parts])
+            out[f"y_{split}"] = torch.cat([p[1] for p in parts])
+    for split in ("train", "test"):
+        y = out[f"y_{split}"]
+        if y.numel() and (y.min() < 0 or y.max() >= spec.num_classes):
+            raise ArchiveFormatError(f"{split} labels outside [0, {spec.num_classes})")
+    return out
+
+
+def _write_cache(tensors: dict[str, Tensor], spec: CifarSpec, md5: str, root) -> Path:
+    cache, marker = cache_file(spec.name, root), marker_file(spec.name, root)
+    _atomic_write(cache, lambda tmp: torch.save(tensors, tmp))
+    info = {
+        "format": CACHE_FORMAT,
+        "dataset": spec.name,
+        "archive": spec.archive,
+        "archive_md5": md5,
+        "cache_file": cache.name,
+        "cache_bytes": cache.stat().st_size,
+        "n_train": int(tensors["x_train"].shape[0]),
+        "n_test": int(tensors["x_test"].shape[0]),
+    }
+    _atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
+    return cache
+
+
+def download(
+    dataset: str,
+    root: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    base_url: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch, verify, parse and cache a CIFAR data set; returns the cache file.
+
+    An archive already lying in the data directory under its official name (for offline
+    machines) is verified and used instead of downloading.
+
+    Args:
+        dataset: ``cifar10``, ``cifar100`` or a problem name.
+        root: Data directory (see the module docstring for the default).
+        force: Rebuild even if a valid cache exists.
+        base_url: Where the archives live (default ``$CURVBENCH_CIFAR_URL`` or the official URL).
+        md5: Expected archive md5 (default the official one).
+        progress: Show a tqdm progress bar.
+        timeout: Network timeout in seconds.
+
+    Raises:
+        ChecksumError: The archive's md5 differs (the bad file is removed).
+        DownloadError: The download failed or ended early (the partial file is removed).
+
+    """
+    spec = resolve_dataset(dataset)
+    expected = (md5 or spec.md5).lower()
+    directory = data_dir(root)
+    if is_cached(spec.name, root) and not force:
+        return cache_file(spec.name, root)
+    directory.mkdir(parents=True, exist_ok=True)
+    marker_file(spec.name, root).unlink(missing_ok=True)  # no stale marker while rebuilding
+    local = directory / spec.archive
+    if local.is_file():
+        actual = file_md5(local)
+        if actual != expected:
+            raise ChecksumError(str(local), expected, actual, removed=False)
+        return _write_cache(parse_archive(local, spec), spec, actual, root)
+    url = f"{(base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip('/')}/{spec.archive}"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.archive}.", suffix=".part", dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        actual = stream_download(url, tmp, timeout=timeout, progress=progress)
+        if actual != expected:
+            raise ChecksumError(spec.archive, expected, actual)
+        return _write_cache(parse_archive(tmp, spec), spec, actual, root)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def missing_message(dataset: str, root: str | os.PathLike | None = None) -> str:
+    """How to get ``dataset`` when its cache is missing."""
+    spec = resolve_dataset(dataset)
+    directory = data_dir(root)
+    return (
+        f"{spec.name} is not cached in {directory}. Get it with `curvbench data download "
+        f"{spec.name}` (add `--data-dir DIR` or set ${ENV_DATA_DIR} for another directory; "
+        f"offline: put {spec.archive} into that directory first), or point `--data-dir` / "
+        f"${ENV_DATA_DIR} at a directory that has it. Use source='synthetic' for data-free runs."
+    )
+
+
+def load_cifar(
+    dataset: str, root: str | os.PathLike | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The cached ``(x_train, y_train, x_test, y_test)`` on the CPU (uint8 / int64).
+
+    Raises:
+        DataNotFoundError: No valid cache; the message says how to get one.
+
+    """
+    spec = resolve_dataset(dataset)
+    if not is_cached(spec.name, root):
+        raise DataNotFoundError(missing_message(spec.name, root))
+    tensors = torch.load(cache_file(spec.name, root), map_location="cpu", weights_only=True)
+    x_train, y_train = tensors["x_train"], tensors["y_train"]
+    x_test, y_test = tensors["x_test"], tensors["y_test"]
+    for x, y in ((x_train, y_train), (x_test, y_test)):
+        if x.dtype != torch.uint8 or x.shape[1:] != (3, 32, 32) or y.shape != x.shape[:1]:
+            raise DataNotFoundError(
+                f"cache {cache_file(spec.name, root)} is malformed; rebuild it with "
+                f"`curvbench data download {spec.name} --force`"
+            )
+    return x_train, y_train, x_test, y_test
