@@ -81,7 +81,7 @@ def load_problem_data(
     augment: bool = True,
     normalization: str | None = None,
 ) -> DeepOBSData:
-    """The DeepOBS data of a problem on ``device``.
+    """Load the DeepOBS data of a problem onto ``device``.
 
     Args:
         problem: A problem (attributes ``dataset``, ``num_classes``, ``batch_size``) or a
@@ -106,6 +106,7 @@ def load_problem_data(
         DataNotFoundError: ``source="cifar"`` and the data set is not cached (the message says
             how to get it).
         ValueError: Unknown source, or sizes that leave a loader without a full batch.
+
     """
     dataset, num_classes, default_bs = _problem_attrs(problem)
     batch_size = int(batch_size or default_bs or 128)

@@ -212,12 +212,12 @@ def augment(
 
 
 def preprocess(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """The non-augmented path: uint8 -> float in ``[0, 1]`` -> normalised."""
+    """Preprocess without augmentation: uint8 -> float in ``[0, 1]`` -> normalised."""
     return normalize(to_float(images), mean, std)
 
 
 def normalization_tensors(dataset: str, device: torch.device | str) -> tuple[Tensor, Tensor]:
-    """The ``(mean, std)`` of ``dataset`` as float32 ``[3]`` tensors on ``device``."""
+    """Return the ``(mean, std)`` of ``dataset`` as float32 ``[3]`` tensors on ``device``."""
     if dataset not in NORMALIZATION:
         raise ValueError(
             f"no normalisation constants for {dataset!r}; known: {sorted(NORMALIZATION)}"

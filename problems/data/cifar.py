@@ -87,7 +87,7 @@ DATASETS: dict[str, CifarSpec] = {
 
 
 def resolve_dataset(name: str) -> CifarSpec:
-    """The spec of a data set given its name or a problem name (``cifar10_3c3d`` -> cifar10)."""
+    """Look up a data set by its name or a problem name (``cifar10_3c3d`` -> cifar10)."""
     key = str(name).lower().split("_", 1)[0]
     if key not in DATASETS:
         raise UnknownDatasetError(
@@ -98,7 +98,7 @@ def resolve_dataset(name: str) -> CifarSpec:
 
 
 def data_dir(root: str | os.PathLike | None = None) -> Path:
-    """The data directory: ``root``, ``$CURVBENCH_DATA``, or the user cache dir (not created)."""
+    """Return the data directory: ``root``, ``$CURVBENCH_DATA`` or the user cache (not created)."""
     if root is not None:
         return Path(root).expanduser()
     if os.environ.get(ENV_DATA_DIR):
@@ -108,17 +108,17 @@ def data_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 def cache_file(dataset: str, root: str | os.PathLike | None = None) -> Path:
-    """The cached tensors of ``dataset``."""
+    """Return the path of the cached tensors of ``dataset``."""
     return data_dir(root) / f"{resolve_dataset(dataset).name}.pt"
 
 
 def marker_file(dataset: str, root: str | os.PathLike | None = None) -> Path:
-    """The JSON marker that makes the cache of ``dataset`` valid."""
+    """Return the path of the JSON marker that makes the cache of ``dataset`` valid."""
     return data_dir(root) / f"{resolve_dataset(dataset).name}.json"
 
 
 def read_marker(dataset: str, root: str | os.PathLike | None = None) -> dict | None:
-    """The marker of a valid cache, or None when the cache is missing, partial or inconsistent."""
+    """Return the marker of a valid cache; None if it is missing, partial or inconsistent."""
     marker, cache = marker_file(dataset, root), cache_file(dataset, root)
     try:
         info = json.loads(marker.read_text())
@@ -138,7 +138,7 @@ def is_cached(dataset: str, root: str | os.PathLike | None = None) -> bool:
 
 
 def file_md5(path: str | os.PathLike) -> str:
-    """The md5 hex digest of a file, read in chunks."""
+    """Compute the md5 hex digest of a file, read in chunks."""
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
@@ -319,7 +319,8 @@ def download(
         if actual != expected:
             raise ChecksumError(str(local), expected, actual, removed=False)
         return _write_cache(parse_archive(local, spec), spec, actual, root)
-    url = f"{(base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip('/')}/{spec.archive}"
+    base = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    url = f"{base.rstrip('/')}/{spec.archive}"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.archive}.", suffix=".part", dir=directory)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -347,7 +348,7 @@ def missing_message(dataset: str, root: str | os.PathLike | None = None) -> str:
 def load_cifar(
     dataset: str, root: str | os.PathLike | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The cached ``(x_train, y_train, x_test, y_test)`` on the CPU (uint8 / int64).
+    """Load the cached ``(x_train, y_train, x_test, y_test)`` on the CPU (uint8 / int64).
 
     Raises:
         DataNotFoundError: No valid cache; the message says how to get one.

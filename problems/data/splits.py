@@ -39,6 +39,7 @@ def deepobs_split(n: int, valid_size: int, seed: int) -> tuple[list[int], list[i
 
     Returns:
         ``(train_indices, valid_indices)`` as Python lists.
+
     """
     indices = list(range(n))
     random.Random(seed).shuffle(indices)
@@ -79,6 +80,7 @@ class DeepOBSData:
         normalization: Data set whose normalisation constants to use (default ``dataset``);
             the paper's overhead benchmark used CIFAR-10's for CIFAR-100 too.
         source: A label for where the images came from (``cifar`` or ``synthetic``).
+
     """
 
     def __init__(
@@ -187,12 +189,12 @@ class DeepOBSData:
         return self._batches(self.x_train, self.y_train, order, self.augment)
 
     def train_eval(self) -> Batches:
-        """A fresh random ``train_eval_size`` of all training images, augmented (DeepOBS)."""
+        """Draw a fresh random ``train_eval_size`` of all training images, augmented (DeepOBS)."""
         order = self._randperm(self.x_train.shape[0])[: self.train_eval_size]
         return self._batches(self.x_train, self.y_train, order, self.augment)
 
     def valid(self) -> Batches:
-        """The held-out images in a fresh random order, not augmented."""
+        """Iterate over the held-out images in a fresh random order, not augmented."""
         order = self.valid_indices[self._randperm(self.n_valid)]
         return self._batches(self.x_train, self.y_train, order, False)
 
@@ -215,7 +217,7 @@ class DeepOBSData:
     # ---- checkpointing ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Generator state and epoch counter (take it between epochs)."""
+        """Return the generator state and epoch counter (take it between epochs)."""
         return {
             "seed": self.seed,
             "epoch": self.epoch,

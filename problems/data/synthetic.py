@@ -1,5 +1,6 @@
-"""A synthetic stand-in for CIFAR: same shapes, dtype and class counts, learnable, generated in
-well under a second from a seed.
+"""A synthetic stand-in for CIFAR, learnable and generated in about a second from a seed.
+
+Same shapes, dtype (uint8) and class counts as the real sets.
 
 Each class has a smooth, left-right symmetric colour prototype (a random ``4 x 4`` pattern
 upsampled bilinearly to ``32 x 32``; symmetric so that the flip augmentation keeps the class
@@ -78,7 +79,7 @@ def synthetic_arrays(
     n_test: int = CIFAR_TEST_SIZE,
     spec: SyntheticSpec | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A CIFAR-shaped synthetic data set on the CPU.
+    """Generate a CIFAR-shaped synthetic data set on the CPU.
 
     Args:
         num_classes: 10 or 100 (any positive number works).
