@@ -20,18 +20,16 @@ and resume from their checkpoint.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
-import math
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench.results_io import atomic_write_csv, atomic_write_json, read_csv_rows, read_json
 from bench.spec import GRIDSEARCH_COLUMNS
 
 #: The paper's curvature optimizers (BackPACK quantity names).
@@ -203,27 +201,6 @@ def grid(
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
-    """CSV text with the header :data:`bench.spec.GRIDSEARCH_COLUMNS`."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=GRIDSEARCH_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in GRIDSEARCH_COLUMNS})
-    return buf.getvalue()
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -260,29 +237,21 @@ class RunStore:
 
     def write_rows(self, run_id: str, rows: Sequence[dict[str, Any]]) -> None:
         """Atomically (re)write the run's CSV."""
-        _atomic_write_bytes(self.csv_path(run_id), rows_to_csv(rows).encode())
+        atomic_write_csv(self.csv_path(run_id), rows, GRIDSEARCH_COLUMNS)
 
     def write_sidecar(self, run_id: str, sidecar: dict[str, Any]) -> None:
         """Atomically (re)write the run's sidecar."""
-        text = json.dumps(sidecar, indent=1, sort_keys=True, default=str)
-        _atomic_write_bytes(self.sidecar_path(run_id), text.encode())
+        atomic_write_json(self.sidecar_path(run_id), sidecar)
 
     # ---------------------------------------------------------------- reading
 
     def read_sidecar(self, run_id: str) -> dict[str, Any] | None:
         """Read the run's sidecar, or ``None`` if it has none yet."""
-        try:
-            return json.loads(self.sidecar_path(run_id).read_text())
-        except FileNotFoundError:
-            return None
+        return read_json(self.sidecar_path(run_id))
 
     def read_rows(self, run_id: str) -> list[dict[str, str]]:
         """Read the run's CSV rows as strings (empty if there is no CSV yet)."""
-        try:
-            with open(self.csv_path(run_id), newline="") as f:
-                return list(csv.DictReader(f))
-        except FileNotFoundError:
-            return []
+        return read_csv_rows(self.csv_path(run_id))
 
     def run_ids(self) -> list[str]:
         """Every run with a sidecar."""
@@ -345,8 +314,3 @@ class RunStore:
                         path.unlink()
             return
         yield False
-
-
-def finite_or_none(x: float) -> float | None:
-    """``x`` unless it is NaN/inf (CSV cells stay parseable)."""
-    return x if math.isfinite(x) else None

@@ -1,0 +1,89 @@
+"""Damped inverses of the paper's curvature blocks (diagonal and Kronecker-factored).
+
+Follows the anon release ``bpoptim`` (see ``gridsearch.md`` §5.1): diagonal curvatures are
+inverted elementwise, ``1 / (c + gamma)``; Kronecker factors ``[B, A]`` (BackPACK order:
+``kron(B, A)`` ~ the block of the row-major flattened weight) get Martens & Grosse's factored
+Tikhonov damping with ``pi = sqrt((tr A / dim A) / (tr B / dim B))``, i.e. ``A + pi sqrt(gamma) I``
+and ``B + sqrt(gamma) / pi I``, each inverted by a symmetric eigendecomposition whose inverse
+eigenvalues are clamped to ``[0, 1 / EPS]``. A bias has one factor ``B`` and gets ``B + gamma I``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+#: ``NUMERICAL_STABILITY_CONSTANT`` of the paper's code: inverse eigenvalues are clamped to 1/EPS.
+EPS = 1e-8
+
+
+def diagonal_inverse(curvature: Tensor, gamma: float) -> Tensor:
+    """Return ``1 / (c + gamma)`` elementwise (the damped inverse of a diagonal curvature)."""
+    return 1.0 / (curvature + gamma)
+
+
+def eigen_inverse(matrix: Tensor, shift: float) -> Tensor:
+    """Invert ``matrix + shift * I`` (symmetric) via ``eigh``, clamping inverse eigenvalues.
+
+    Args:
+        matrix: a symmetric ``[d, d]`` matrix.
+        shift: added to the diagonal before inverting.
+
+    Returns:
+        ``V diag(clamp(1 / (evals + shift), 0, 1 / EPS)) V^T``.
+
+    """
+    evals, evecs = torch.linalg.eigh(matrix)
+    inv = (1.0 / (evals + shift)).clamp(min=0.0, max=1.0 / EPS)
+    return (evecs * inv) @ evecs.transpose(-1, -2)
+
+
+def pi_factor(b: Tensor, a: Tensor) -> Tensor:
+    """Return ``pi = sqrt((tr A / dim A) / (tr B / dim B))`` as a 0-d tensor (1 if degenerate).
+
+    A non-positive or non-finite ratio (e.g. a dead layer with ``tr B = 0``) gives ``pi = 1``
+    instead of an infinite damping split; this stays on the device (no host sync).
+    """
+    ratio = (torch.trace(a) / a.shape[0]) / (torch.trace(b) / b.shape[0])
+    ok = torch.isfinite(ratio) & (ratio > 0)
+    return torch.where(ok, ratio, torch.ones_like(ratio)).sqrt()
+
+
+def kronecker_inverses(factors: list[Tensor], gamma: float) -> list[Tensor]:
+    """Return the damped inverses of a parameter's Kronecker factors.
+
+    Args:
+        factors: ``[B, A]`` for a weight or ``[B]`` for a bias.
+        gamma: the damping ``lambda + delta`` of the parameter's group.
+
+    Returns:
+        ``[(B + sqrt(gamma)/pi I)^-1, (A + pi sqrt(gamma) I)^-1]`` or ``[(B + gamma I)^-1]``.
+
+    """
+    if len(factors) == 1:
+        return [eigen_inverse(factors[0], gamma)]
+    if len(factors) != 2:
+        raise ValueError(f"expected [B, A] or [B] Kronecker factors, got {len(factors)} matrices")
+    b, a = factors
+    pi = pi_factor(b, a)
+    root = math.sqrt(gamma)
+    eye_b = torch.eye(b.shape[0], dtype=b.dtype, device=b.device)
+    eye_a = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    inv_b = eigen_inverse(b + (root / pi) * eye_b, 0.0)
+    inv_a = eigen_inverse(a + (root * pi) * eye_a, 0.0)
+    return [inv_b, inv_a]
+
+
+def apply_kronecker_inverses(inverses: list[Tensor], direction: Tensor) -> Tensor:
+    """Multiply ``direction`` (a parameter-shaped tensor) by ``kron(inv_B, inv_A)``.
+
+    For a weight, ``kron(inv_B, inv_A) vec_row(G) = vec_row(inv_B G inv_A)`` with ``G`` the
+    direction reshaped to ``[out, in...]``; for a bias, ``inv_B g``.
+    """
+    if len(inverses) == 1:
+        return (inverses[0] @ direction.reshape(-1)).reshape(direction.shape)
+    inv_b, inv_a = inverses
+    matrix = direction.reshape(inv_b.shape[0], -1)
+    return (inv_b @ matrix @ inv_a).reshape(direction.shape)
