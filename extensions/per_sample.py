@@ -1,0 +1,226 @@
+"""Per-sample parameter gradients of ``Linear`` and ``Conv2d`` from layer inputs and output grads.
+
+These are the hot loops of the first-order quantities (and of second-order ones that contract
+backpropagated factors with layer inputs). Conventions:
+
+* ``x`` is the layer input for ``N`` samples, ``g`` the gradient w.r.t. the layer output with
+  ``M = V * N`` rows (``V >= 1`` stacked "columns", V-major: row ``m`` belongs to sample
+  ``m % N``). First-order callers use ``V = 1``; second-order callers pass factor columns.
+* Results keep the row index: ``linear_weight(x, g)`` is ``[M, out, in]``.
+* Nothing is divided by N here; the loss's 1/N is already inside ``g``.
+
+Example::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    >>> x = torch.randn(4, 2, 8, 8)
+    >>> g = torch.randn(4, 3, 4, 4)
+    >>> conv2d_weight(x, g, conv).shape
+    torch.Size([4, 3, 2, 3, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: target number of elements of one chunk's unfolded input (chunking bounds peak memory)
+UNFOLD_CHUNK_ELEMENTS = 2**21
+
+
+# ------------------------------------------------------------------------------------------------
+# Linear
+# ------------------------------------------------------------------------------------------------
+
+
+def _rows_per_sample(x: Tensor, g: Tensor) -> int:
+    """V, the number of gradient rows per sample (``g.shape[0] = V * x.shape[0]``)."""
+    n, m = x.shape[0], g.shape[0]
+    if m % n != 0:
+        raise ValueError(f"gradient rows {m} are not a multiple of the batch size {n}")
+    return m // n
+
+
+def _flat3(x: Tensor) -> Tensor:
+    """``[N, ..., F]`` -> ``[N, S, F]`` (``S = 1`` for 2-d inputs)."""
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def linear_weight(x: Tensor, g: Tensor) -> Tensor:
+    """Per-row weight gradients of ``Linear``: ``[M, out, in]`` from ``x`` and ``g``.
+
+    ``x [N, ..., in]``, ``g [M, ..., out]``; middle dimensions are summed over, as autograd does.
+    """
+    v = _rows_per_sample(x, g)
+    if x.dim() == 2:
+        xs = x if v == 1 else x.repeat(v, 1)
+        return g.unsqueeze(2) * xs.unsqueeze(1)
+    g3 = _flat3(g).unflatten(0, (v, x.shape[0]))  # [V, N, S, out]
+    return torch.matmul(g3.transpose(-1, -2), _flat3(x)).flatten(0, 1)
+
+
+def linear_bias(g: Tensor) -> Tensor:
+    """Per-row bias gradients of ``Linear``: ``g [M, ..., out]`` -> ``[M, out]``."""
+    return g if g.dim() == 2 else _flat3(g).sum(1)
+
+
+def linear_weight_sq_norm(x: Tensor, g: Tensor) -> Tensor:
+    """Squared Frobenius norms ``||g_m x_mᵀ||²`` of per-row weight gradients, ``[M]``.
+
+    2-d inputs use ``||x_n||² ||g_m||²`` (no ``[M, out, in]`` tensor); 3-d inputs a Gram form.
+    """
+    v = _rows_per_sample(x, g)
+    if x.dim() == 2:
+        return (g.square().sum(1).unflatten(0, (v, -1)) * x.square().sum(1)).flatten()
+    x3, g3 = _flat3(x), _flat3(g).unflatten(0, (v, x.shape[0]))
+    gram_x = torch.bmm(x3, x3.transpose(1, 2))  # [N, S, S]
+    gram_g = torch.matmul(g3, g3.transpose(-1, -2))  # [V, N, S, S]
+    return (gram_g * gram_x).sum((-1, -2)).flatten()
+
+
+def linear_bias_sq_norm(g: Tensor) -> Tensor:
+    """Squared norms of per-row bias gradients, ``[M]``."""
+    return linear_bias(g).square().sum(1)
+
+
+def linear_weight_sum_sq(x: Tensor, g: Tensor) -> Tensor:
+    """``sum_m (g_m x_mᵀ)²`` (elementwise), ``[out, in]``; no per-row tensors for 2-d inputs."""
+    v = _rows_per_sample(x, g)
+    if x.dim() == 2:
+        g2 = g.square().unflatten(0, (v, -1)).sum(0)  # [N, out]
+        return g2.T @ x.square()
+    return linear_weight(x, g).square().sum(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Conv2d
+# ------------------------------------------------------------------------------------------------
+
+
+def _conv_padding(module: nn.Conv2d) -> tuple[tuple[int, int, int, int] | None, tuple[int, int]]:
+    """``(explicit F.pad amounts or None, unfold padding)`` for a zero-padded ``Conv2d``."""
+    if module.padding_mode != "zeros":
+        raise ValueError(f"only padding_mode='zeros' is supported, got {module.padding_mode!r}")
+    if isinstance(module.padding, str):
+        pad = tuple(module._reversed_padding_repeated_twice)
+        return (pad if any(pad) else None), (0, 0)
+    return None, tuple(module.padding)
+
+
+def conv2d_unfold(x: Tensor, module: nn.Conv2d) -> Tensor:
+    """Input patches of a ``Conv2d`` (groups=1): ``x [N, Cin, H, W]`` -> ``[N, Cin*kh*kw, T]``.
+
+    ``T = H_out * W_out``; the patch index is ordered like ``weight.flatten(1)``.
+    """
+    explicit, padding = _conv_padding(module)
+    if explicit is not None:
+        x = F.pad(x, explicit)
+    return F.unfold(
+        x,
+        module.kernel_size,
+        dilation=module.dilation,
+        padding=padding,
+        stride=module.stride,
+    )
+
+
+def conv2d_chunk_size(x: Tensor, module: nn.Conv2d, g: Tensor) -> int:
+    """Return the samples per chunk: about :data:`UNFOLD_CHUNK_ELEMENTS` unfolded elements."""
+    kh, kw = module.kernel_size
+    per_sample = module.in_channels * kh * kw * g.shape[-2] * g.shape[-1]
+    return max(1, min(x.shape[0], UNFOLD_CHUNK_ELEMENTS // max(per_sample, 1)))
+
+
+def conv2d_weight_chunks(
+    x: Tensor, g: Tensor, module: nn.Conv2d, chunk_size: int | None = None
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Per-row weight gradients in chunks of samples: yields ``(start, stop, [V, n, Cout, K])``.
+
+    ``start:stop`` indexes samples (the chunk covers rows ``v*N + start:stop`` for every v),
+    ``K = Cin*kh*kw``. Peak extra memory is one chunk's unfolded input and result.
+    """
+    n = x.shape[0]
+    v = _rows_per_sample(x, g)
+    gv = g.reshape(v, n, g.shape[1], -1)  # [V, N, Cout, T]
+    step = chunk_size or conv2d_chunk_size(x, module, g)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        unfolded = conv2d_unfold(x[start:stop], module)  # [n, K, T]
+        yield start, stop, torch.matmul(gv[:, start:stop], unfolded.transpose(1, 2))
+
+
+def conv2d_weight(x: Tensor, g: Tensor, module: nn.Conv2d, chunk_size: int | None = None) -> Tensor:
+    """Per-row weight gradients of a ``Conv2d`` (groups=1): ``[M, *weight.shape]``.
+
+    Args:
+        x: layer input ``[N, Cin, H, W]``.
+        g: gradient w.r.t. the layer output, ``[M, Cout, H_out, W_out]``, ``M = V * N``.
+        module: the convolution (stride, padding, dilation are read from it).
+        chunk_size: samples per chunk (default: from :data:`UNFOLD_CHUNK_ELEMENTS`).
+
+    """
+    n = x.shape[0]
+    v = _rows_per_sample(x, g)
+    out = g.new_empty(v, n, module.out_channels, module.weight[0].numel())
+    for start, stop, block in conv2d_weight_chunks(x, g, module, chunk_size):
+        out[:, start:stop] = block
+    return out.view(v * n, *module.weight.shape)
+
+
+def conv2d_bias(g: Tensor) -> Tensor:
+    """Per-row bias gradients of a ``Conv2d``: ``g [M, Cout, H_out, W_out]`` -> ``[M, Cout]``."""
+    return g.sum((2, 3))
+
+
+def conv2d_bias_sq_norm(g: Tensor) -> Tensor:
+    """Squared norms of per-row conv bias gradients, ``[M]``."""
+    return conv2d_bias(g).square().sum(1)
+
+
+def conv2d_gram_is_cheaper(module: nn.Conv2d, g: Tensor) -> bool:
+    """Whether the Gram form (cost ~ T²(Cout + K)) beats per-row gradients (~ T Cout K)."""
+    t = g.shape[-2] * g.shape[-1]
+    k = module.weight[0].numel()
+    return t * (module.out_channels + k) < module.out_channels * k
+
+
+def conv2d_weight_sq_norm(
+    x: Tensor, g: Tensor, module: nn.Conv2d, chunk_size: int | None = None
+) -> Tensor:
+    """Squared Frobenius norms of per-row conv weight gradients, ``[M]``.
+
+    Per layer, the cheaper of the Gram form over output positions
+    (``sum_{t,t'} (G_mᵀG_m)_{tt'} (U_nᵀU_n)_{tt'}``) and chunked per-row gradients; never holds
+    more than one chunk of per-row tensors.
+    """
+    n = x.shape[0]
+    v = _rows_per_sample(x, g)
+    out = g.new_empty(v, n)
+    if conv2d_gram_is_cheaper(module, g):
+        gv = g.reshape(v, n, g.shape[1], -1)
+        step = chunk_size or conv2d_chunk_size(x, module, g)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            u = conv2d_unfold(x[start:stop], module)  # [n, K, T]
+            gram_u = torch.bmm(u.transpose(1, 2), u)  # [n, T, T]
+            gc = gv[:, start:stop]
+            gram_g = torch.matmul(gc.transpose(-1, -2), gc)  # [V, n, T, T]
+            out[:, start:stop] = (gram_g * gram_u).sum((-1, -2))
+    else:
+        for start, stop, block in conv2d_weight_chunks(x, g, module, chunk_size):
+            out[:, start:stop] = block.square().sum((-1, -2))
+    return out.flatten()
+
+
+def conv2d_weight_sum_sq(
+    x: Tensor, g: Tensor, module: nn.Conv2d, chunk_size: int | None = None
+) -> Tensor:
+    """``sum_m (per-row weight gradient)²`` (elementwise), ``weight.shape``, chunked."""
+    total = g.new_zeros(module.out_channels, module.weight[0].numel())
+    for _, _, block in conv2d_weight_chunks(x, g, module, chunk_size):
+        total += block.square().sum((0, 1))
+    return total.view_as(module.weight)
