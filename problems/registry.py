@@ -39,6 +39,7 @@ class CifarProblem:
         batch_size: Default training batch size.
         epochs: Default number of training epochs.
         in_deepobs: Whether DeepOBS (1.1.2 / 1.2.0-beta) has this problem.
+        deepobs_defaults: Whether ``batch_size``/``epochs`` are DeepOBS defaults (else ours).
         architecture: Key of ``problems.nets.ARCHITECTURES`` (``"3c3d"`` or ``"allcnnc"``).
         description: One line for tables and ``--help``.
 
@@ -51,6 +52,7 @@ class CifarProblem:
     batch_size: int
     epochs: int
     in_deepobs: bool
+    deepobs_defaults: bool
     architecture: str
     description: str
 
@@ -192,15 +194,18 @@ class CifarProblem:
 
 def _data_package() -> Any:
     """Import ``problems.data`` lazily, with a clear error if it is not there."""
+    message = (
+        "the data package problems.data is not available in this checkout; "
+        "data loading and the data-present check need it"
+    )
     try:
         import problems.data as data
     except ModuleNotFoundError as err:
         if err.name not in ("problems.data", "problems"):
             raise
-        raise ImportError(
-            "the data package problems.data is not available in this checkout; "
-            "data loading and the data-present check need it"
-        ) from err
+        raise ImportError(message) from err
+    if not all(hasattr(data, f) for f in ("load_problem_data", "is_cached")):
+        raise ImportError(f"{message} (it lacks load_problem_data/is_cached)")
     return data
 
 
@@ -215,6 +220,7 @@ _REGISTRY: dict[str, CifarProblem] = {
             batch_size=128,
             epochs=100,
             in_deepobs=True,
+            deepobs_defaults=True,
             architecture="3c3d",
             description="DeepOBS 3C3D on CIFAR-10 (3 conv + 3 dense layers)",
         ),
@@ -226,6 +232,7 @@ _REGISTRY: dict[str, CifarProblem] = {
             batch_size=128,  # no DeepOBS default; as cifar10_3c3d
             epochs=100,
             in_deepobs=True,
+            deepobs_defaults=False,
             architecture="3c3d",
             description="DeepOBS 3C3D on CIFAR-100 (no DeepOBS default batch size/epochs)",
         ),
@@ -237,6 +244,7 @@ _REGISTRY: dict[str, CifarProblem] = {
             batch_size=256,  # not in DeepOBS; as cifar100_allcnnc
             epochs=350,
             in_deepobs=False,
+            deepobs_defaults=False,
             architecture="allcnnc",
             description=(
                 "All-CNN-C on CIFAR-10: NOT in DeepOBS; cifar100_allcnnc with 10 outputs and "
@@ -251,6 +259,7 @@ _REGISTRY: dict[str, CifarProblem] = {
             batch_size=256,
             epochs=350,
             in_deepobs=True,
+            deepobs_defaults=True,
             architecture="allcnnc",
             description="DeepOBS All-CNN-C on CIFAR-100",
         ),
