@@ -1,0 +1,290 @@
+"""Interleaved step timing and peak-memory measurement (CUDA-correct, CPU-tested).
+
+The timer runs every variant once per round, in an order that rotates from round to round, after
+warm-up; a variant's time is one call bracketed by device synchronisation (a no-op on CPU, so the
+CPU path exercises the same code). Summaries are medians and interquartile ranges over rounds.
+
+Peak memory: on CUDA ``max_memory_allocated`` after two steps minus the allocation before them;
+on CPU the peak resident set size of a *fresh* process (forkserver/spawn) after two steps minus its
+RSS after setup, optionally under an address-space cap so that an oversized allocation fails as
+an out-of-memory instead of swapping the machine.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: A function building a timed step in a fresh process; must be picklable (module level).
+StepFactory = Callable[[], Callable[[], Any]]
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for all queued work on ``device`` (no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], device: str | torch.device) -> float:
+    """Seconds one call of ``fn`` takes, synchronising ``device`` before and after the clock."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def rotated_order(names: Sequence[str], round_index: int) -> list[str]:
+    """Return ``names`` rotated left by ``round_index`` (every variant leads once per cycle)."""
+    if not names:
+        return []
+    shift = round_index % len(names)
+    return list(names[shift:]) + list(names[:shift])
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median, interquartile range and minimum of per-round times in seconds."""
+
+    median_s: float
+    iqr_s: float
+    min_s: float
+    rounds: int
+
+    @classmethod
+    def of(cls, times: Sequence[float]) -> Summary:
+        """Summarise ``times`` (at least one value)."""
+        if not times:
+            raise ValueError("cannot summarise an empty list of times")
+        values = sorted(times)
+        if len(values) >= 2:
+            q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        else:
+            q1 = q3 = values[0]
+        return cls(statistics.median(values), q3 - q1, values[0], len(values))
+
+
+@dataclass
+class InterleavedResult:
+    """Per-variant round times, and the exception of each variant that failed."""
+
+    times: dict[str, list[float]]
+    errors: dict[str, BaseException]
+
+    def summary(self, name: str) -> Summary:
+        """Summarise variant ``name``'s rounds."""
+        return Summary.of(self.times[name])
+
+
+def interleaved_times(
+    fns: Mapping[str, Callable[[], Any]],
+    rounds: int,
+    *,
+    warmup: int = 1,
+    device: str | torch.device = "cpu",
+    after: Mapping[str, Callable[[], Any]] | None = None,
+    on_call: Callable[[str], Any] | None = None,
+    catch: tuple[type[BaseException], ...] = (Exception,),
+) -> InterleavedResult:
+    """Time every function in ``fns`` ``rounds`` times, round-robin with rotating order.
+
+    Args:
+        fns: variant name -> zero-argument callable (one training step).
+        rounds: timed rounds (each variant is called once per round).
+        warmup: untimed rounds before the timed ones (same rotation).
+        device: the device to synchronise around each call.
+        after: optional variant name -> callable run after each call, outside the clock (e.g.
+            releasing the step's results so that they do not pile up across variants).
+        on_call: optional callback with the variant name after each call (progress bars).
+        catch: exceptions that drop a variant (recorded in ``errors``) instead of aborting.
+
+    Returns:
+        The timed rounds of every variant that never failed, and the errors of those that did.
+
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    after = after or {}
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    errors: dict[str, BaseException] = {}
+    for round_index in range(warmup + rounds):
+        for name in rotated_order(names, round_index):
+            if name in errors:
+                continue
+            try:
+                elapsed = time_call(fns[name], device)
+                if name in after:
+                    after[name]()
+            except catch as err:  # the variant fails, the run goes on
+                errors[name] = err
+                times.pop(name, None)
+                _release_memory(device)
+                continue
+            finally:
+                if on_call is not None:
+                    on_call(name)
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    return InterleavedResult({k: v for k, v in times.items() if k not in errors}, errors)
+
+
+def _release_memory(device: str | torch.device) -> None:
+    """Collect garbage and return cached device memory after a failure."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory
+# --------------------------------------------------------------------------------------------
+
+
+def cuda_peak_memory_mb(fn: Callable[[], Any], device: str | torch.device, steps: int = 2) -> float:
+    """Peak CUDA memory of ``steps`` calls of ``fn`` above the allocation before them, in MB."""
+    device = torch.device(device)
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    for _ in range(steps):
+        fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def _status_kb(field: str) -> int | None:
+    """Read a ``kB`` field (VmRSS, VmHWM, VmSize) of /proc/self/status, or None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process in MB."""
+    kb = _status_kb("VmRSS")
+    if kb is None:  # no procfs: fall back to the peak (an upper bound)
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux ``clear_refs`` 5); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (since the last reset where supported)."""
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024
+
+
+def _cap_address_space(extra_mb: float | None) -> None:
+    """Limit this process's address space to its current size plus ``extra_mb``."""
+    if extra_mb is None:
+        return
+    size_kb = _status_kb("VmSize")
+    if size_kb is None:
+        return
+    limit = int(size_kb * 1024 + extra_mb * 2**20)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _rss_worker(
+    factory: StepFactory, steps: int, threads: int, cap_mb: float | None
+) -> dict[str, Any]:
+    """Build a step in this fresh process and measure its peak RSS over ``steps`` calls."""
+    torch.set_num_threads(threads)
+    fn = factory()
+    gc.collect()
+    base = current_rss_mb()
+    exact = reset_peak_rss()
+    _cap_address_space(cap_mb)
+    for _ in range(steps):
+        fn()
+    return {"peak_mem_mb": max(peak_rss_mb() - base, 0.0), "exact_reset": exact}
+
+
+def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
+    """Pick the cheapest clean start method: forkserver (``preload`` imported once), else spawn.
+
+    The forkserver is a clean process that has run no torch computation; every child is forked
+    from it, so importing heavy modules there once saves seconds per measurement. The first call
+    in a process fixes the preload list.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(list(preload))
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def subprocess_peak_rss_mb(
+    factory: StepFactory,
+    *,
+    steps: int = 2,
+    threads: int | None = None,
+    cap_mb: float | None = None,
+    timeout_s: float | None = None,
+    preload: Sequence[str] = ("torch",),
+) -> dict[str, Any]:
+    """Peak RSS of ``steps`` calls of the step ``factory()`` builds, in a fresh process.
+
+    Args:
+        factory: picklable zero-argument callable returning the step (built in the child).
+        steps: calls after setup (two: the second sees the first's results still alive).
+        threads: torch threads in the child (default: this process's).
+        cap_mb: optional address-space headroom; a bigger allocation raises out-of-memory.
+        timeout_s: optional limit for the child.
+        preload: modules the forkserver imports once for all children (Linux).
+
+    Returns:
+        ``{"peak_mem_mb": float, "exact_reset": bool}``.
+
+    Raises:
+        Whatever the step raised in the child (re-raised here), ``MemoryError`` when the child
+        died (e.g. killed by the kernel's OOM killer), ``TimeoutError`` past ``timeout_s``.
+
+    """
+    threads = threads or torch.get_num_threads()
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=_context(preload)
+    ) as pool:
+        future = pool.submit(_rss_worker, factory, steps, threads, cap_mb)
+        try:
+            return future.result(timeout=timeout_s)
+        except BrokenProcessPool as err:
+            raise MemoryError(
+                f"the measuring process died (killed, probably out of memory): {err}"
+            ) from err
+        except concurrent.futures.TimeoutError as err:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                os.kill(proc.pid, 9)
+            raise TimeoutError(f"memory measurement exceeded {timeout_s} s") from err
