@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from problems.data.augment import NORMALIZATION, augment, normalization_tensors
+from problems.data.augment import NORMALIZATION, normalization_tensors
 from problems.data.cifar import (
     DATASETS,
     data_dir,
@@ -45,7 +45,6 @@ __all__ = [
     "DeepOBSData",
     "DownloadError",
     "UnknownDatasetError",
-    "augment",
     "data_dir",
     "deepobs_split",
     "download",
