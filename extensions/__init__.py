@@ -1,0 +1,62 @@
+"""curvbench's reimplementation of BackPACK's ten quantities.
+
+Example::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import extensions
+    >>> model = nn.Sequential(nn.Linear(4, 3))
+    >>> x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    >>> res = extensions.compute(model, nn.CrossEntropyLoss(), x, y, ["BatchGrad", "Variance"])
+    >>> res["BatchGrad"]["0.weight"].shape
+    torch.Size([5, 3, 4])
+
+See :mod:`extensions.api` for :func:`compute` and :func:`collect`.
+"""
+
+from extensions.api import DEFAULT_MEMORY_BUDGET, Results, collect, compute
+from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
+from extensions.quantities import (
+    KFAC,
+    KFLR,
+    KFRA,
+    BatchGrad,
+    BatchL2Grad,
+    DiagGGNExact,
+    DiagGGNMC,
+    DiagHessian,
+    Quantity,
+    SumGradSquared,
+    Variance,
+    resolve,
+)
+
+#: the ten quantity names, first order then second order (same as ``bench.spec.QUANTITIES``)
+FIRST_ORDER = ("BatchGrad", "BatchL2Grad", "SumGradSquared", "Variance")
+SECOND_ORDER = ("DiagGGNExact", "DiagGGNMC", "DiagHessian", "KFAC", "KFLR", "KFRA")
+QUANTITIES = FIRST_ORDER + SECOND_ORDER
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "FIRST_ORDER",
+    "KFAC",
+    "KFLR",
+    "KFRA",
+    "QUANTITIES",
+    "SECOND_ORDER",
+    "BatchGrad",
+    "BatchL2Grad",
+    "DiagGGNExact",
+    "DiagGGNMC",
+    "DiagHessian",
+    "ExtensionError",
+    "MemoryBudgetError",
+    "Quantity",
+    "Results",
+    "SumGradSquared",
+    "UnsupportedModuleError",
+    "Variance",
+    "collect",
+    "compute",
+    "resolve",
+]
