@@ -17,6 +17,7 @@ one makes the backend unavailable (reported, not raised).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +61,9 @@ class Step:
         """Drop gradients and results (like ``zero_grad(set_to_none=True)``)."""
         self.model.zero_grad(set_to_none=True)
         self.results = None
+
+    def close(self) -> None:
+        """Release what the step installed (hooks); a no-op for most backends."""
 
 
 class BaseBackend:
@@ -105,16 +109,40 @@ class PytorchBackend(BaseBackend):
 
 
 class OursStep(Step):
-    """``extensions.compute`` for one quantity (forward, loss, backward inside)."""
+    """A training step inside ``extensions.collect`` (entered once, like BackPACK's ``extend``).
+
+    The context stays open for the step's lifetime (a training loop would enter it once);
+    ``close()`` removes the hooks.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, quantity: str):
+        super().__init__(model, loss_fn, quantity)
+        self._stack = contextlib.ExitStack()
+        self._collected: dict[str, dict[str, Any]] | None = None
+        if quantity != GRAD:
+            import extensions
+
+            self._collected = self._stack.enter_context(
+                extensions.collect(model, loss_fn, quantity)
+            )
 
     def backward_with_quantity(self, inputs: Tensor, targets: Tensor) -> PerParam | None:
-        """Run ``extensions.compute`` and keep the quantity."""
-        import extensions
+        """Forward, loss and backward with our hooks; keep the quantity."""
+        super().backward_with_quantity(inputs, targets)
+        if self._collected is None:
+            return None
+        return dict(self._collected[self.quantity])
 
-        if self.quantity == GRAD:
-            return super().backward_with_quantity(inputs, targets)
-        results = extensions.compute(self.model, self.loss_fn, inputs, targets, [self.quantity])
-        return results[self.quantity]
+    def clear(self) -> None:
+        """Drop gradients and our per-parameter results."""
+        super().clear()
+        if self._collected is not None:
+            for per_param in self._collected.values():
+                per_param.clear()
+
+    def close(self) -> None:
+        """Remove the hooks."""
+        self._stack.close()
 
 
 class OursBackend(BaseBackend):

@@ -421,7 +421,9 @@ def run_group(
         on_call=lambda _: progress(1),
     )
     for name, err in result.errors.items():
-        steps.pop(name).clear()
+        failed = steps.pop(name)
+        failed.clear()
+        failed.close()
         m = next(x for x in runnable if x.variant == name)
         rows[name] = _row(m, classify_error(err), f"{type(err).__name__}: {err}")
 
@@ -457,6 +459,9 @@ def run_group(
             peak_mem_mb=peak,
             peak_mem_method=method,
         )
+    for step in steps.values():
+        step.clear()
+        step.close()
     del steps
     return [rows[m.variant] for m in measurements]
 
