@@ -3,10 +3,11 @@
 Same shapes, dtype (uint8) and class counts as the real sets.
 
 Each class has a smooth, left-right symmetric colour prototype (a random ``4 x 4`` pattern
-upsampled bilinearly to ``32 x 32``; symmetric so that the flip augmentation keeps the class
-signal). An image is ``128 + amplitude * prototype[label] + noise``, where the noise is a random
-``8 x 8`` pattern per image, upsampled (nearest) to ``32 x 32`` to keep generation cheap, then
-rounded and clamped to uint8. Labels are balanced (each class appears equally often, up to one).
+upsampled bilinearly to ``8 x 8``; symmetric so that the flip augmentation keeps the class
+signal). An image is ``128 + amplitude * prototype[label] + noise`` at ``8 x 8`` with independent
+Gaussian noise per pixel and channel, rounded and clamped to uint8, then upsampled (nearest,
+``4 x 4`` blocks) to ``32 x 32``: all arithmetic happens at low resolution, so generation is one
+pass over the output. Labels are balanced (each class appears equally often, up to one).
 Everything is drawn on the CPU from a ``torch.Generator`` so that a seed gives the same data on
 every machine; move the result to the device afterwards.
 """
@@ -23,32 +24,35 @@ CIFAR_TRAIN_SIZE = 50_000
 CIFAR_TEST_SIZE = 10_000
 IMAGE_SHAPE = (3, 32, 32)
 
-#: Images generated per chunk (bounds the float32 temporaries to ~60 MB).
-_CHUNK = 5_000
-
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """How strong the class signal and the noise are (pixel units, 0..255)."""
+    """How strong the class signal and the noise are (pixel units, 0..255).
 
-    amplitude: float = 45.0
-    noise: float = 35.0
+    The defaults make a task that is learnable but not trivial: a tiny conv net after 60 Adam
+    steps at batch 64 reaches roughly 70 % (10 classes) / 10 % (100 classes) test accuracy.
+    """
+
+    amplitude: float = 12.0
+    noise: float = 55.0
     prototype_resolution: int = 4
     noise_resolution: int = 8
 
 
-def class_prototypes(num_classes: int, generator: torch.Generator, resolution: int = 4) -> Tensor:
-    """Smooth, horizontally symmetric unit-variance patterns ``[num_classes, 3, 32, 32]``."""
-    low = torch.randn(num_classes, *IMAGE_SHAPE[:1], resolution, resolution, generator=generator)
+def class_prototypes(
+    num_classes: int, generator: torch.Generator, resolution: int = 4, size: int = 8
+) -> Tensor:
+    """Smooth, horizontally symmetric unit-variance patterns ``[num_classes, 3, size, size]``."""
+    low = torch.randn(num_classes, IMAGE_SHAPE[0], resolution, resolution, generator=generator)
     low = 0.5 * (low + low.flip(-1))
     up = torch.nn.functional.interpolate(
-        low, size=IMAGE_SHAPE[1:], mode="bilinear", align_corners=True
+        low, size=(size, size), mode="bilinear", align_corners=True
     )
     return up / up.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
 def balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> Tensor:
-    """``n`` labels, each class ``n // num_classes`` or one more times, in random order."""
+    """Return ``n`` labels, each class ``n // num_classes`` or one more times, in random order."""
     labels = torch.arange(n) % num_classes
     return labels[torch.randperm(n, generator=generator)]
 
@@ -56,20 +60,16 @@ def balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> Ten
 def _images(
     labels: Tensor, prototypes: Tensor, generator: torch.Generator, spec: SyntheticSpec
 ) -> Tensor:
+    """Low-resolution images (prototype + noise), then one nearest-neighbour upsampling copy."""
     n = labels.numel()
     c, h, w = IMAGE_SHAPE
     r = spec.noise_resolution
-    # class images in int16 pixel units; per-image noise broadcast over r x r blocks (no copy)
-    base = (128.0 + spec.amplitude * prototypes).round_().to(torch.int16)
-    base = base.view(-1, c, r, h // r, r, w // r)
-    out = torch.empty(n, c, h, w, dtype=torch.uint8)
-    for start in range(0, n, _CHUNK):
-        y = labels[start : start + _CHUNK]
-        noise = torch.randn(y.numel(), c, r, 1, r, 1, generator=generator)
-        noise = noise.mul_(spec.noise).round_().to(torch.int16)
-        x = base[y] + noise
-        out[start : start + _CHUNK] = x.clamp_(0, 255).view(-1, c, h, w).to(torch.uint8)
-    return out
+    low = torch.randn(n, c, r, r, generator=generator).mul_(spec.noise)
+    low = low.add_(prototypes[labels], alpha=spec.amplitude).add_(128.0)
+    low = low.round_().clamp_(0, 255).to(torch.uint8)
+    # nearest upsampling, width then height (two simple copies beat one 6-d strided copy)
+    wide = low.unsqueeze(-1).expand(n, c, r, r, w // r).reshape(n, c, r, w)
+    return wide.unsqueeze(3).expand(n, c, r, h // r, w).reshape(n, c, h, w)
 
 
 def synthetic_arrays(
@@ -98,7 +98,9 @@ def synthetic_arrays(
         )
     spec = spec or SyntheticSpec()
     gen = torch.Generator().manual_seed(int(seed))
-    prototypes = class_prototypes(num_classes, gen, spec.prototype_resolution)
+    prototypes = class_prototypes(
+        num_classes, gen, spec.prototype_resolution, spec.noise_resolution
+    )
     y_train = balanced_labels(n_train, num_classes, gen)
     y_test = balanced_labels(n_test, num_classes, gen)
     x_train = _images(y_train, prototypes, gen, spec)
