@@ -1,0 +1,293 @@
+"""Per-module derivative rules for the second-order backward pass: one table keyed by module type.
+
+Every rule works on a stack of backpropagated columns ``mat`` of shape ``[V, N, *out_shape]``
+(V columns, N samples) and the module's recorded input/output. A :class:`ModuleRule` holds
+
+* ``jac_t``: ``[V, N, *out] -> [V, N, *in]``, the transposed Jacobian applied to every column
+  (masks and gathers for ReLU/MaxPool/Dropout, never dense Jacobians);
+* ``kfra``: the batch-averaged dense rule ``G_out [h_out, h_out] -> (1/N) sum_n J_n^T G_out J_n``;
+* ``second_derivative``: for elementwise activations, ``d^2 out / d in^2`` (for DiagHessian's
+  residual ``diag(sigma''(in) * grad_out)``); ``None`` where it vanishes.
+
+Parameterised modules (Linear, Conv2d) additionally have entries in ``extensions.second_order``'s
+extraction step; their ``jac_t`` here is the input Jacobian only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from extensions.trace import Record
+
+JacT = Callable[[Record, Tensor], Tensor]
+Kfra = Callable[[Record, Tensor], Tensor]
+SecondDerivative = Callable[[Record], Tensor]
+
+
+@dataclass(frozen=True)
+class ModuleRule:
+    """How one module type maps backpropagated columns (see module docstring)."""
+
+    jac_t: JacT
+    kfra: Kfra | None = None
+    second_derivative: SecondDerivative | None = None
+
+
+def _merge(mat: Tensor) -> tuple[Tensor, int]:
+    """``[V, N, *s] -> [V*N, *s]`` and V."""
+    return mat.reshape(mat.shape[0] * mat.shape[1], *mat.shape[2:]), mat.shape[0]
+
+
+def _split(mat: Tensor, v: int) -> Tensor:
+    return mat.reshape(v, mat.shape[0] // v, *mat.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise: activations and dropout (Jacobian = diag(d), d per sample)
+# ---------------------------------------------------------------------------------------------
+
+
+def relu_derivative(rec: Record) -> Tensor:
+    """``d out / d in`` of ReLU (0 at 0, as PyTorch's backward)."""
+    return (rec.input > 0).to(rec.input.dtype)
+
+
+def sigmoid_derivative(rec: Record) -> Tensor:
+    """``s (1 - s)`` from the recorded output."""
+    s = rec.output
+    return s * (1 - s)
+
+
+def tanh_derivative(rec: Record) -> Tensor:
+    """``1 - t^2`` from the recorded output."""
+    return 1 - rec.output**2
+
+
+def sigmoid_second_derivative(rec: Record) -> Tensor:
+    """``s (1 - s) (1 - 2 s)``."""
+    s = rec.output
+    return s * (1 - s) * (1 - 2 * s)
+
+
+def tanh_second_derivative(rec: Record) -> Tensor:
+    """``-2 t (1 - t^2)``."""
+    t = rec.output
+    return -2 * t * (1 - t**2)
+
+
+def dropout_derivative(rec: Record) -> Tensor:
+    """Return the dropout multiplier ``mask / (1 - p)`` (train mode) or ones (eval / p = 0).
+
+    The mask is read from ``rec.extra["mask"]``: a boolean keep-mask or a float 0/1 keep-mask is
+    scaled by ``1 / (1 - p)``; a float mask already holding ``0`` and ``1/(1-p)`` is used as is.
+    """
+    module = rec.module
+    if not module.training or module.p == 0:
+        return torch.ones_like(rec.input)
+    mask = rec.extra.get("mask")
+    if mask is None:
+        raise ValueError(
+            f"Dropout at position {rec.position} ran in train mode but its mask was not recorded "
+            "(Record.extra['mask'])"
+        )
+    if mask.dtype == torch.bool:
+        return mask.to(rec.input.dtype) / (1 - module.p)
+    scaled = bool((mask.max() > 1.0 + 1e-6).item()) if mask.numel() else False
+    mask = mask.to(rec.input.dtype)
+    return mask if scaled else mask / (1 - module.p)
+
+
+def _elementwise_rule(
+    derivative: Callable[[Record], Tensor], second: SecondDerivative | None = None
+) -> ModuleRule:
+    def jac_t(rec: Record, mat: Tensor) -> Tensor:
+        return mat * derivative(rec).unsqueeze(0)
+
+    def kfra(rec: Record, g: Tensor) -> Tensor:
+        d = derivative(rec).flatten(1)  # [N, h]
+        return g * (d.t() @ d) / d.shape[0]
+
+    return ModuleRule(jac_t=jac_t, kfra=kfra, second_derivative=second)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear maps independent of the sample: Linear (input part), Conv2d, ZeroPad2d, pools, Flatten
+# ---------------------------------------------------------------------------------------------
+
+
+def linear_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """``mat @ W`` (works for any number of leading dimensions)."""
+    return mat @ rec.module.weight.detach()
+
+
+def linear_kfra(rec: Record, g: Tensor) -> Tensor:
+    """``W^T G W``."""
+    w = rec.module.weight.detach()
+    return w.t() @ g @ w
+
+
+def conv2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """Transposed convolution of every column (``torch.nn.grad.conv2d_input``)."""
+    m = rec.module
+    flat, v = _merge(mat)
+    out = torch.nn.grad.conv2d_input(
+        (flat.shape[0], *rec.input.shape[1:]),
+        m.weight.detach(),
+        flat,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=m.groups,
+    )
+    return _split(out, v)
+
+
+def zeropad2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """Crop the padded border (negative padding)."""
+    left, right, top, bottom = rec.module.padding
+    h, w = mat.shape[-2:]
+    return mat[..., top : h - bottom, left : w - right]
+
+
+def maxpool2d_indices(rec: Record) -> Tensor:
+    """Flat argmax indices ``[N, C, Ho*Wo]`` into each ``H*W`` input channel (recomputed)."""
+    m = rec.module
+    cached = rec.extra.get("_maxpool_indices")
+    if cached is not None:
+        return cached
+    _, idx = F.max_pool2d(
+        rec.input,
+        m.kernel_size,
+        m.stride,
+        m.padding,
+        m.dilation,
+        ceil_mode=m.ceil_mode,
+        return_indices=True,
+    )
+    idx = idx.flatten(2)
+    rec.extra["_maxpool_indices"] = idx
+    return idx
+
+
+def maxpool2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """Scatter-add every column onto the argmax positions (handles overlapping windows)."""
+    idx = maxpool2d_indices(rec)  # [N, C, T]
+    v, n, c = mat.shape[:3]
+    h, w = rec.input.shape[-2:]
+    src = mat.reshape(v, n, c, -1)
+    out = mat.new_zeros(v, n, c, h * w)
+    out.scatter_add_(3, idx.unsqueeze(0).expand(v, -1, -1, -1), src)
+    return out.reshape(v, n, c, h, w)
+
+
+def avgpool2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """PyTorch's avg-pool backward applied to every column."""
+    m = rec.module
+    flat, v = _merge(mat)
+    shape = (flat.shape[0], *rec.input.shape[1:])
+    out = torch.ops.aten.avg_pool2d_backward(
+        flat,
+        flat.new_zeros(()).expand(shape),
+        _pair(m.kernel_size),
+        _pair(m.stride if m.stride is not None else m.kernel_size),
+        _pair(m.padding),
+        m.ceil_mode,
+        m.count_include_pad,
+        m.divisor_override,
+    )
+    return _split(out, v)
+
+
+def adaptive_avgpool2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """PyTorch's adaptive-avg-pool backward applied to every column."""
+    flat, v = _merge(mat)
+    shape = (flat.shape[0], *rec.input.shape[1:])
+    out = torch.ops.aten._adaptive_avg_pool2d_backward(
+        flat.contiguous(), flat.new_zeros(()).expand(shape)
+    )
+    return _split(out, v)
+
+
+def flatten_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """Reshape every column to the input shape."""
+    return mat.reshape(mat.shape[0], *rec.input.shape)
+
+
+def _pair(x: int | tuple[int, ...]) -> list[int]:
+    return list(x) if isinstance(x, tuple | list) else [x, x]
+
+
+def sample_independent_kfra(jac_t: JacT) -> Kfra:
+    """KFRA rule ``J^T G J`` for a map whose Jacobian J does not depend on the sample.
+
+    The columns of G are pushed through ``jac_t`` twice (rows, then columns), using one sample's
+    shapes.
+    """
+
+    def kfra(rec: Record, g: Tensor) -> Tensor:
+        one = Record(rec.name, rec.position, rec.module, rec.input[:1], rec.output[:1], {})
+        h_out = g.shape[0]
+        gt = jac_t(one, g.reshape(h_out, 1, *rec.output.shape[1:]))  # [h_out, 1, *in]
+        gt = gt.reshape(h_out, -1).t().contiguous()  # [h_in, h_out] = (J^T G)^T... symmetric G
+        out = jac_t(one, gt.reshape(gt.shape[0], 1, *rec.output.shape[1:]))
+        return out.reshape(gt.shape[0], -1)
+
+    return kfra
+
+
+def maxpool2d_kfra(rec: Record, g: Tensor) -> Tensor:
+    """``(1/N) sum_n J_n^T G J_n``: scatter G's rows and columns onto each sample's argmax."""
+    idx = maxpool2d_indices(rec)  # [N, C, T]
+    n, c, t = idx.shape
+    h_in = rec.input[0].numel()
+    hw = rec.input.shape[-2] * rec.input.shape[-1]
+    offsets = (torch.arange(c, device=idx.device) * hw).view(1, c, 1)
+    flat = (idx + offsets).reshape(n, c * t)  # output unit -> flat input unit, per sample
+    out = g.new_zeros(h_in, h_in)
+    for i in range(n):
+        rows = g.new_zeros(h_in, g.shape[1]).index_add_(0, flat[i], g)
+        out.index_add_(1, flat[i], rows)
+    return out / n
+
+
+def flatten_kfra(rec: Record, g: Tensor) -> Tensor:
+    """Flatten is the identity on the flattened representation."""
+    return g
+
+
+def _identity_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    return mat
+
+
+_RELU = _elementwise_rule(relu_derivative)
+_SIGMOID = _elementwise_rule(sigmoid_derivative, sigmoid_second_derivative)
+_TANH = _elementwise_rule(tanh_derivative, tanh_second_derivative)
+_DROPOUT = _elementwise_rule(dropout_derivative)
+
+#: The single dispatch table (exact class, like BackPACK).
+RULES: dict[type[nn.Module], ModuleRule] = {
+    nn.Linear: ModuleRule(jac_t=linear_jac_t, kfra=linear_kfra),
+    nn.Conv2d: ModuleRule(jac_t=conv2d_jac_t, kfra=sample_independent_kfra(conv2d_jac_t)),
+    nn.ZeroPad2d: ModuleRule(jac_t=zeropad2d_jac_t, kfra=sample_independent_kfra(zeropad2d_jac_t)),
+    nn.MaxPool2d: ModuleRule(jac_t=maxpool2d_jac_t, kfra=maxpool2d_kfra),
+    nn.AvgPool2d: ModuleRule(jac_t=avgpool2d_jac_t, kfra=sample_independent_kfra(avgpool2d_jac_t)),
+    nn.AdaptiveAvgPool2d: ModuleRule(
+        jac_t=adaptive_avgpool2d_jac_t, kfra=sample_independent_kfra(adaptive_avgpool2d_jac_t)
+    ),
+    nn.Flatten: ModuleRule(jac_t=flatten_jac_t, kfra=flatten_kfra),
+    nn.Dropout: _DROPOUT,
+    nn.ReLU: _RELU,
+    nn.Sigmoid: _SIGMOID,
+    nn.Tanh: _TANH,
+    nn.Identity: ModuleRule(jac_t=_identity_jac_t, kfra=flatten_kfra),
+}
+
+
+def rule_for(module: nn.Module) -> ModuleRule | None:
+    """Return the rule for ``module``'s exact class, or ``None``."""
+    return RULES.get(type(module))

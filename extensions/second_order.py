@@ -1,0 +1,560 @@
+"""Second-order quantities from a forward :class:`~extensions.trace.Trace` (BackPACK 1.7.1).
+
+Entry points: :func:`compute_second_order` and :func:`check_supported`.
+
+The backward pass propagates *streams* of columns ``[V, N, *shape]`` from the loss down the
+recorded modules with the rules of :mod:`extensions.derivatives`:
+
+* the exact loss sqrt-Hessian (C columns), shared by DiagGGNExact, KFLR and DiagHessian;
+* Monte-Carlo columns (M per distinct ``mc_samples``), shared by DiagGGNMC and KFAC;
+* for DiagHessian, the positive and negative residual factors of every activation with a nonzero
+  second derivative (width = the activation's size), started where the residual arises.
+
+At Linear / Conv2d layers each stream contributes to the weight/bias diagonal (``sum`` of squared
+per-(column, sample) gradients) and to the Kronecker output factor ``B``. Columns (and, if one
+column of the whole batch does not fit, samples) are processed in chunks sized from
+``memory_budget``, so the C-column quantities run where BackPACK's single allocation fails.
+KFRA propagates one dense ``h x h`` matrix; it is refused with :class:`MemoryBudgetError`
+*before* allocating when that matrix would not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from extensions import derivatives, kronecker, losses, per_sample
+from extensions.errors import MemoryBudgetError, UnsupportedModuleError
+from extensions.quantities import (
+    Quantity,
+    resolve,
+)
+from extensions.trace import Record, Trace
+
+DEFAULT_MEMORY_BUDGET = 8 * 2**30
+PARAM_MODULES = (nn.Linear, nn.Conv2d)
+KRON_QUANTITIES = ("KFAC", "KFLR", "KFRA")
+#: Share of the budget for the propagated columns; the rest is for extraction temporaries.
+_STREAM_SHARE = 0.5
+_EXTRACT_SHARE = 0.25
+
+
+# ---------------------------------------------------------------------------------------------
+# Support checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _leaf_modules(obj: Trace | Sequence[Record] | nn.Module) -> list[tuple[nn.Module, Any]]:
+    """Return ``(module, record or None)`` pairs in forward order."""
+    if isinstance(obj, Trace):
+        return [(r.module, r) for r in obj.records]
+    if isinstance(obj, nn.Module):
+        leaves = [m for m in obj.modules() if not list(m.children())]
+        return [(m, None) for m in leaves]
+    return [(r.module, r) for r in obj]
+
+
+def _supported_names() -> str:
+    return ", ".join(cls.__name__ for cls in derivatives.RULES)
+
+
+def check_supported(
+    records_or_model: Trace | Sequence[Record] | nn.Module,
+    quantities: Iterable[str | Quantity],
+) -> None:
+    """Raise :class:`UnsupportedModuleError` if a quantity cannot be computed for these modules.
+
+    Args:
+        records_or_model: A trace, its records, or a model (its leaf modules in registration
+            order; shape-dependent checks then wait for the trace).
+        quantities: Names or configured quantities (first-order ones are ignored).
+
+    """
+    qs = [q for q in (resolve(q) for q in quantities) if q.is_second_order]
+    if not qs:
+        return
+    for position, (module, rec) in enumerate(_leaf_modules(records_or_model)):
+        for q in qs:
+            _check_module(module, rec, position, q.name)
+    if isinstance(records_or_model, Trace) and records_or_model.loss is not None:
+        for q in qs:
+            losses.check_loss_supported(records_or_model.loss.module, q.name)
+
+
+def _check_module(module: nn.Module, rec: Record | None, position: int, quantity: str) -> None:
+    def fail(msg: str) -> None:
+        raise UnsupportedModuleError(msg, module=module, position=position, quantity=quantity)
+
+    rule = derivatives.rule_for(module)
+    if rule is None:
+        fail(f"no second-order rule for {type(module).__name__}; supported: {_supported_names()}")
+    if quantity == "KFRA" and rule.kfra is None:
+        fail(f"KFRA has no rule for {type(module).__name__}")
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            fail(f"grouped convolutions (groups={module.groups}) are not supported")
+        if isinstance(module.padding, str) or module.padding_mode != "zeros":
+            fail("only explicit integer zero padding is supported (use nn.ZeroPad2d for 'same')")
+    if (
+        isinstance(module, nn.Linear)
+        and quantity in KRON_QUANTITIES
+        and rec is not None
+        and rec.input.dim() > 2
+    ):
+        fail(
+            f"{quantity} for Linear is only defined for 2-d inputs [N, in] (as in BackPACK), got "
+            f"input shape {tuple(rec.input.shape)}"
+        )
+
+
+def _check_chain(trace: Trace) -> None:
+    recs = trace.records
+    if trace.loss is None:
+        raise ValueError("the trace has no loss record; second-order quantities need the loss")
+    for a, b in zip(recs, recs[1:]):
+        if a.output.shape != b.input.shape:
+            raise UnsupportedModuleError(
+                f"the recorded modules do not form a chain: output {tuple(a.output.shape)} of "
+                f"position {a.position} feeds input {tuple(b.input.shape)}",
+                module=b.module,
+                position=b.position,
+            )
+    if recs and recs[-1].output.shape != trace.loss.input.shape:
+        raise UnsupportedModuleError(
+            "the last module's output is not the loss input", module=recs[-1].module
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Record views (sample slices) and chunk sizing
+# ---------------------------------------------------------------------------------------------
+
+
+def _view(rec: Record, sl: slice | None = None) -> Record:
+    """Return a copy of ``rec`` (own ``extra`` dict) restricted to samples ``sl``."""
+    if sl is None:
+        return Record(rec.name, rec.position, rec.module, rec.input, rec.output, dict(rec.extra))
+    n = rec.input.shape[0]
+    extra = {
+        k: (v[sl] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v)
+        for k, v in rec.extra.items()
+    }
+    return Record(rec.name, rec.position, rec.module, rec.input[sl], rec.output[sl], extra)
+
+
+def _elem_bytes(t: Tensor) -> int:
+    return t.element_size()
+
+
+def _chunks(total: int, step: int) -> list[tuple[int, int]]:
+    step = max(1, step)
+    return [(i, min(total, i + step)) for i in range(0, total, step)]
+
+
+@dataclass
+class _Stream:
+    """Columns to propagate from the output of ``records[start]`` downwards."""
+
+    n_columns: int
+    make: Callable[[int, int, int, int], Tensor]  # (v0, v1, n0, n1) -> [v, n, *shape]
+    start: int
+    diag_targets: list[tuple[dict[str, Tensor], float]] = field(default_factory=list)
+    kron_targets: list[dict[str, Tensor]] = field(default_factory=list)
+
+
+class _Engine:
+    """Holds the record views and the budget while the streams run."""
+
+    def __init__(self, trace: Trace, memory_budget: int):
+        self.trace = trace
+        self.views = [_view(r) for r in trace.records]
+        self.budget = int(memory_budget)
+        self.names = trace.param_names
+        self.n = trace.loss.input.shape[0]
+        params = [i for i, r in enumerate(self.views) if isinstance(r.module, PARAM_MODULES)]
+        self.lowest_param = min(params) if params else None
+
+    # -- chunk sizes -------------------------------------------------------------------------
+
+    def _bytes_per_column_sample(self, start: int) -> int:
+        stop = self.lowest_param if self.lowest_param is not None else 0
+        sizes = [
+            r.input[0].numel() + r.output[0].numel() for r in self.views[stop : start + 1]
+        ] or [1]
+        # input + output of a rule, plus one temporary (mask products, scatter targets)
+        return 3 * max(sizes) * _elem_bytes(self.views[start].output)
+
+    def chunking(self, stream: _Stream) -> tuple[int, int]:
+        """(columns per chunk, samples per chunk) fitting the stream share of the budget."""
+        per = self._bytes_per_column_sample(stream.start)
+        allowed = max(1, int(self.budget * _STREAM_SHARE) // per)
+        if stream.n_columns * self.n <= allowed:
+            return stream.n_columns, self.n
+        if self.n <= allowed:
+            return max(1, allowed // self.n), self.n
+        return 1, allowed
+
+    # -- propagation -------------------------------------------------------------------------
+
+    def run(self, stream: _Stream) -> None:
+        """Propagate ``stream`` in chunks, feeding its targets at every parameter layer."""
+        if self.lowest_param is None or stream.start < self.lowest_param:
+            return
+        v_step, n_step = self.chunking(stream)
+        stop = self.lowest_param
+        for n0, n1 in _chunks(self.n, n_step):
+            sl = None if (n0, n1) == (0, self.n) else slice(n0, n1)
+            views = self.views if sl is None else [_view(r, sl) for r in self.views]
+            for v0, v1 in _chunks(stream.n_columns, v_step):
+                mat = stream.make(v0, v1, n0, n1)
+                for idx in range(stream.start, stop - 1, -1):
+                    rec = views[idx]
+                    if isinstance(rec.module, PARAM_MODULES):
+                        self._extract(rec, mat, stream)
+                    if idx > stop:
+                        mat = derivatives.RULES[type(rec.module)].jac_t(rec, mat)
+                del mat
+
+    def _extract(self, rec: Record, mat: Tensor, stream: _Stream) -> None:
+        m = rec.module
+        if stream.diag_targets:
+            diags = _param_diagonals(rec, mat, int(self.budget * _EXTRACT_SHARE))
+            for name_param, value in diags:
+                key = self.names.get(id(name_param))
+                if key is None:
+                    continue
+                for target, sign in stream.diag_targets:
+                    _accumulate(target, key, value if sign > 0 else -value)
+        if stream.kron_targets:
+            b = _output_factor(rec, mat)
+            for target in stream.kron_targets:
+                for p in (m.weight, m.bias):
+                    key = self.names.get(id(p)) if p is not None else None
+                    if key is not None:
+                        _accumulate(target, key, b)
+
+
+def _accumulate(target: dict[str, Tensor], key: str, value: Tensor) -> None:
+    if key in target:
+        target[key] = target[key] + value
+    else:
+        target[key] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter extraction (Linear, Conv2d)
+# ---------------------------------------------------------------------------------------------
+
+
+def _param_diagonals(rec: Record, mat: Tensor, max_bytes: int) -> list[tuple[Tensor, Tensor]]:
+    """``(parameter, sum over columns and samples of squared per-sample gradients)`` pairs."""
+    m = rec.module
+    out: list[tuple[Tensor, Tensor]] = []
+    if isinstance(m, nn.Linear):
+        flat = mat.reshape(-1, *mat.shape[2:])  # [V*N, ..., out], V-major rows
+        out.append((m.weight, per_sample.linear_weight_sum_sq(rec.input, flat)))
+        if m.bias is not None:
+            out.append((m.bias, per_sample.linear_bias(flat).square().sum(0)))
+        return out
+    # Conv2d
+    w = _conv2d_weight_diagonal(rec, mat, max_bytes)
+    out.append((m.weight, w.reshape(m.weight.shape)))
+    if m.bias is not None:
+        out.append((m.bias, (mat.sum((3, 4)) ** 2).sum((0, 1))))
+    return out
+
+
+def _conv2d_weight_diagonal(rec: Record, mat: Tensor, max_bytes: int) -> Tensor:
+    """``sum_{v,n} (sum_t mat[v,n,:,t] U[n,:,t]^T)^2`` in sample chunks (U = unfolded input)."""
+    m = rec.module
+    v, n, c_out = mat.shape[:3]
+    x = rec.input
+    k = m.weight[0].numel()
+    t = mat.shape[3] * mat.shape[4]
+    per_sample = (k * t + 2 * v * c_out * t + v * c_out * k) * mat.element_size()
+    step = max(1, min(n, max_bytes // max(1, per_sample)))
+    acc = mat.new_zeros(v * c_out, k)
+    for n0, n1 in _chunks(n, step):
+        u = kronecker.conv2d_unfold(x[n0:n1], m)  # [n, K, T]
+        g = mat[:, n0:n1].transpose(0, 1).reshape(n1 - n0, v * c_out, t)
+        js = torch.bmm(g, u.transpose(1, 2))  # [n, V*C_out, K]
+        acc += js.pow_(2).sum(0)
+    return acc.reshape(v, c_out, k).sum(0)
+
+
+def _output_factor(rec: Record, mat: Tensor) -> Tensor:
+    """``B += sum_{v,n} s s^T`` with ``s`` the columns (conv: summed over spatial positions)."""
+    if isinstance(rec.module, nn.Conv2d):
+        s = mat.sum((3, 4))
+    else:
+        s = mat
+    s = s.reshape(-1, s.shape[-1])
+    return s.t() @ s
+
+
+def _input_factor(rec: Record) -> Tensor:
+    if isinstance(rec.module, nn.Linear):
+        return kronecker.linear_input_factor(rec.input)
+    return kronecker.conv2d_input_factor(rec.input, rec.module)
+
+
+# ---------------------------------------------------------------------------------------------
+# KFRA
+# ---------------------------------------------------------------------------------------------
+
+
+def kfra_required_bytes(trace: Trace) -> tuple[int, Record | None]:
+    """Largest memory one KFRA step needs, and the record where it occurs.
+
+    A step holds ``G_out [h_out^2]``, the intermediate ``[h_out x h_in]`` and ``G_in [h_in^2]``.
+    """
+    recs = trace.records
+    params = [i for i, r in enumerate(recs) if isinstance(r.module, PARAM_MODULES)]
+    if not params:
+        return 0, None
+    worst, where = 0, None
+    for i in range(min(params), len(recs)):
+        r = recs[i]
+        h_out = r.output[0].numel()
+        h_in = r.input[0].numel() if i > min(params) else 0
+        need = (h_out * h_out + h_out * h_in + h_in * h_in) * r.output.element_size()
+        if need > worst:
+            worst, where = need, r
+    return worst, where
+
+
+def _kfra(engine: _Engine, trace: Trace) -> dict[str, Tensor]:
+    """Output factors ``B`` of KFRA per parameter name (weights and biases)."""
+    need, where = kfra_required_bytes(trace)
+    if need > engine.budget:
+        h = where.output[0].numel()
+        raise MemoryBudgetError(
+            f"KFRA propagates a dense {h:,} x {h:,} matrix here and would need about "
+            f"{need:,} bytes ({need / 2**30:.1f} GiB) for one step, more than the memory budget "
+            f"of {engine.budget:,} bytes ({engine.budget / 2**30:.1f} GiB)",
+            module=where.module,
+            position=where.position,
+            quantity="KFRA",
+        )
+    if engine.lowest_param is None:
+        return {}
+    g = losses.sum_hessian(trace.loss)
+    factors: dict[str, Tensor] = {}
+    for idx in range(len(engine.views) - 1, engine.lowest_param - 1, -1):
+        rec = engine.views[idx]
+        m = rec.module
+        if isinstance(m, PARAM_MODULES):
+            if isinstance(m, nn.Conv2d):
+                c = rec.output.shape[1]
+                b = g.reshape(c, -1, c, g.shape[0] // c).sum((1, 3))
+            else:
+                b = g
+            for p in (m.weight, m.bias):
+                key = engine.names.get(id(p)) if p is not None else None
+                if key is not None:
+                    factors[key] = b
+        if idx > engine.lowest_param:
+            g = derivatives.RULES[type(m)].kfra(rec, g)
+    return factors
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def compute_second_order(
+    trace: Trace,
+    quantities: Sequence[str | Quantity],
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict[str, dict[str, Any]]:
+    """Compute the requested second-order quantities from a recorded forward pass.
+
+    Args:
+        trace: The forward trace (leaf-module records in forward order and the loss record).
+        quantities: Second-order quantities (names or configured instances); first-order ones
+            are ignored.
+        memory_budget: Bound in bytes on the temporaries allocated here (propagated columns and
+            extraction buffers are chunked to fit; KFRA is refused if its dense matrix does not).
+
+    Returns:
+        ``{quantity name: {parameter name: value}}``. Diagonals have the parameter's shape; for
+        KFAC/KFLR/KFRA a weight maps to ``[B, A]`` (``kron(B, A)`` approximates the block of the
+        row-major flattened weight) and a bias to ``[B]``.
+
+    Raises:
+        UnsupportedModuleError: a module or the loss has no rule for a requested quantity.
+        MemoryBudgetError: KFRA's dense matrices exceed ``memory_budget`` (before allocating).
+
+    """
+    qs = [q for q in (resolve(q) for q in quantities) if q.is_second_order]
+    if not qs:
+        return {}
+    _check_chain(trace)
+    check_supported(trace, qs)
+    by_name = {q.name: q for q in qs}
+    if len(by_name) != len(qs):
+        raise ValueError("each second-order quantity may be requested once")
+    engine = _Engine(trace, memory_budget)
+    results: dict[str, dict[str, Any]] = {name: {} for name in by_name}
+    names = {q.name for q in qs}
+
+    kfra_b = _kfra(engine, trace) if "KFRA" in names else None
+    with torch.no_grad():
+        b_factors: dict[str, dict[str, Tensor]] = {n: {} for n in ("KFAC", "KFLR") if n in names}
+        _run_exact_stream(engine, trace, names, results, b_factors)
+        _run_mc_streams(engine, trace, by_name, results, b_factors)
+        if "DiagHessian" in names:
+            _run_residual_streams(engine, trace, results["DiagHessian"])
+        if kfra_b is not None:
+            b_factors["KFRA"] = kfra_b
+        if b_factors:
+            _assemble_kronecker(engine, b_factors, results)
+    for name in ("DiagGGNExact", "DiagGGNMC", "DiagHessian"):
+        if name in results:
+            _fill_missing_diagonals(engine, results[name])
+    return results
+
+
+def _run_exact_stream(
+    engine: _Engine,
+    trace: Trace,
+    names: set[str],
+    results: dict[str, dict[str, Any]],
+    b_factors: dict[str, dict[str, Tensor]],
+) -> None:
+    diag_targets = [(results[n], 1.0) for n in ("DiagGGNExact", "DiagHessian") if n in names]
+    kron_targets = [b_factors["KFLR"]] if "KFLR" in names else []
+    if not diag_targets and not kron_targets:
+        return
+    sqrt_h = losses.sqrt_hessian(trace.loss)  # [C, N, C]
+    stream = _Stream(
+        n_columns=sqrt_h.shape[0],
+        make=lambda v0, v1, n0, n1: sqrt_h[v0:v1, n0:n1],
+        start=len(engine.views) - 1,
+        diag_targets=diag_targets,
+        kron_targets=kron_targets,
+    )
+    engine.run(stream)
+
+
+def _run_mc_streams(
+    engine: _Engine,
+    trace: Trace,
+    by_name: dict[str, Quantity],
+    results: dict[str, dict[str, Any]],
+    b_factors: dict[str, dict[str, Tensor]],
+) -> None:
+    """One MC draw per distinct ``mc_samples`` (DiagGGNMC and KFAC share it when equal)."""
+    groups: dict[int, list[str]] = {}
+    for name in ("DiagGGNMC", "KFAC"):
+        if name in by_name:
+            groups.setdefault(by_name[name].mc_samples, []).append(name)
+    for mc_samples, members in groups.items():
+        sqrt_h = losses.sqrt_hessian_sampled(trace.loss, mc_samples)
+        stream = _Stream(
+            n_columns=mc_samples,
+            make=lambda v0, v1, n0, n1, s=sqrt_h: s[v0:v1, n0:n1],
+            start=len(engine.views) - 1,
+            diag_targets=[(results["DiagGGNMC"], 1.0)] if "DiagGGNMC" in members else [],
+            kron_targets=[b_factors["KFAC"]] if "KFAC" in members else [],
+        )
+        engine.run(stream)
+
+
+def _run_residual_streams(engine: _Engine, trace: Trace, target: dict[str, Tensor]) -> None:
+    """DiagHessian's residual terms ``diag(sigma'' * grad)`` of every curved activation."""
+    views = engine.views
+    curved = [
+        i
+        for i, r in enumerate(views)
+        if derivatives.RULES[type(r.module)].second_derivative is not None
+        and engine.lowest_param is not None
+        and i > engine.lowest_param
+    ]
+    if not curved:
+        return
+    grads: dict[int, Tensor] = {}
+    wanted = set(curved)
+
+    def keep(idx: int, mat: Tensor) -> None:
+        if idx in wanted:
+            grads[idx] = mat[0]
+
+    grad_stream = _Stream(
+        n_columns=1,
+        make=lambda v0, v1, n0, n1: losses.output_gradient(trace.loss)[n0:n1].unsqueeze(0),
+        start=len(views) - 1,
+    )
+    _run_keep(engine, grad_stream, keep, stop=min(curved))
+    for idx in curved:
+        rec = views[idx]
+        residual = derivatives.RULES[type(rec.module)].second_derivative(rec) * grads[idx]
+        residual = residual.flatten(1)  # [N, h]
+        for sign in (1.0, -1.0):
+            root = (sign * residual).clamp(min=0).sqrt_()
+            if not bool(root.any()):
+                continue
+            stream = _Stream(
+                n_columns=root.shape[1],
+                make=_diagonal_columns(root, rec.input.shape[1:]),
+                start=idx - 1,
+                diag_targets=[(target, sign)],
+            )
+            engine.run(stream)
+
+
+def _run_keep(
+    engine: _Engine, stream: _Stream, keep: Callable[[int, Tensor], None], stop: int
+) -> None:
+    """Propagate one column over the whole batch, handing ``keep`` the columns at each output."""
+    mat = stream.make(0, stream.n_columns, 0, engine.n)
+    for idx in range(stream.start, stop - 1, -1):
+        keep(idx, mat)
+        if idx > stop:
+            rec = engine.views[idx]
+            mat = derivatives.RULES[type(rec.module)].jac_t(rec, mat)
+
+
+def _diagonal_columns(root: Tensor, shape: torch.Size) -> Callable[[int, int, int, int], Tensor]:
+    """Column ``j`` of sample ``n`` is ``root[n, j] e_j`` (a diagonal factor), reshaped."""
+
+    def make(v0: int, v1: int, n0: int, n1: int) -> Tensor:
+        v = v1 - v0
+        out = root.new_zeros(v, n1 - n0, root.shape[1])
+        cols = torch.arange(v0, v1, device=root.device)
+        out[torch.arange(v, device=root.device), :, cols] = root[n0:n1, v0:v1].t()
+        return out.reshape(v, n1 - n0, *shape)
+
+    return make
+
+
+def _assemble_kronecker(
+    engine: _Engine, b_factors: dict[str, dict[str, Tensor]], results: dict[str, dict[str, Any]]
+) -> None:
+    """``[B, A]`` per weight and ``[B]`` per bias; A computed once per layer and shared."""
+    for rec in engine.views:
+        m = rec.module
+        if not isinstance(m, PARAM_MODULES):
+            continue
+        w_key = engine.names.get(id(m.weight))
+        b_key = engine.names.get(id(m.bias)) if m.bias is not None else None
+        a = _input_factor(rec) if w_key is not None else None
+        for qname, factors in b_factors.items():
+            if w_key is not None:
+                results[qname][w_key] = [factors[w_key], a]
+            if b_key is not None:
+                results[qname][b_key] = [factors[b_key]]
+
+
+def _fill_missing_diagonals(engine: _Engine, target: dict[str, Tensor]) -> None:
+    """Zero diagonals for parameters no stream reached (e.g. DiagHessian residual-only parts)."""
+    for rec in engine.views:
+        for p in rec.module.parameters(recurse=False):
+            key = engine.names.get(id(p))
+            if key is not None and key not in target:
+                target[key] = torch.zeros_like(p)

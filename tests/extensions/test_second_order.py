@@ -1,0 +1,382 @@
+"""Second-order quantities vs brute force (torch.func / autograd, float64) on the small test nets.
+
+Oracles:
+* DiagGGNExact: diagonal of ``J^T (d^2 L / d f^2) J`` with ``J = jacrev(model output, params)``.
+* DiagHessian: the diagonal of the Hessian of the reduced loss by double backward.
+* KFLR: ``B`` = the GGN w.r.t. the layer output (summed over samples' diagonal blocks and, for
+  convolutions, over both spatial positions) -- the bias GGN block; ``A`` = ``(1/N) sum x x^T`` of
+  ``F.unfold`` patches.
+* KFRA: the recursion ``G_in = (1/N) sum_n J_n^T G_out J_n`` with dense per-sample module
+  Jacobians from ``jacrev``, started at the batch-summed loss Hessian.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from extensions.errors import MemoryBudgetError, UnsupportedModuleError
+from extensions.second_order import check_supported, compute_second_order
+from extensions.trace import LossRecord, Record, Trace
+from tests.extensions.nets import LOSS_CASES, NET_CASES, make_problem
+
+QUANTITIES = ("DiagGGNExact", "DiagHessian", "KFLR", "KFRA")
+_CURVED_IDS = (
+    "mlp-sigmoid",
+    "mlp-tanh-dropout-nobias",
+    "cnn-stride2-pad-dilation",
+    "cnn-avgpool-adaptive",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace helper: records every leaf module with forward hooks (dropout masks re-drawn exactly)
+# ---------------------------------------------------------------------------------------------
+
+
+def build_trace(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> Trace:
+    """Run forward + loss and record leaf modules in forward order (no backward)."""
+    trace = Trace()
+    names = {m: n for n, m in model.named_modules()}
+    trace.param_names = {id(p): n for n, p in model.named_parameters()}
+    handles = []
+    states: dict[nn.Module, Tensor] = {}
+
+    def pre_hook(module, inputs):
+        if isinstance(module, nn.Dropout):
+            states[module] = torch.get_rng_state()
+
+    def hook(module, inputs, output):
+        extra = {}
+        if isinstance(module, nn.Dropout) and module.training:
+            after = torch.get_rng_state()
+            torch.set_rng_state(states[module])
+            extra["mask"] = F.dropout(torch.ones_like(inputs[0]), module.p, True) != 0
+            torch.set_rng_state(after)
+        trace.records.append(
+            Record(
+                names[module],
+                len(trace.records),
+                module,
+                inputs[0].detach(),
+                output.detach(),
+                extra,
+            )
+        )
+
+    for m in model.modules():
+        if not list(m.children()):
+            handles.append(m.register_forward_pre_hook(pre_hook))
+            handles.append(m.register_forward_hook(hook))
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    trace.loss = LossRecord(loss_fn, out.detach(), y)
+    return trace
+
+
+# ---------------------------------------------------------------------------------------------
+# Brute-force references
+# ---------------------------------------------------------------------------------------------
+
+
+def _functional(model, x, rng_state):
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def f(flat: Tensor) -> Tensor:
+        torch.set_rng_state(rng_state)
+        ps, i = {}, 0
+        for n, p in params.items():
+            ps[n] = flat[i : i + p.numel()].view_as(p)
+            i += p.numel()
+        return torch.func.functional_call(model, ps, (x,))
+
+    flat = torch.cat([p.flatten() for p in params.values()])
+    return f, flat, params
+
+
+def _split(vec: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    out, i = {}, 0
+    for n, p in params.items():
+        out[n] = vec[i : i + p.numel()].view_as(p)
+        i += p.numel()
+    return out
+
+
+def _output_hessian(loss_fn, out, y):
+    h = torch.func.hessian(lambda o: loss_fn(o, y))(out)
+    return h.reshape(out.numel(), out.numel())
+
+
+def ggn_diagonal(model, loss_fn, x, y, rng_state) -> dict[str, Tensor]:
+    f, flat, params = _functional(model, x, rng_state)
+    jac = torch.func.jacrev(f)(flat)  # [N, C, P]
+    out = f(flat).detach()
+    jac = jac.reshape(out.numel(), -1)
+    ggn = jac.t() @ _output_hessian(loss_fn, out, y) @ jac
+    return _split(torch.diagonal(ggn), params)
+
+
+def hessian_diagonal(model, loss_fn, x, y, rng_state) -> dict[str, Tensor]:
+    """Diagonal of the full Hessian (``torch.func.hessian``; models without train-mode dropout)."""
+    f, flat, params = _functional(model, x, rng_state)
+    hess = torch.func.hessian(lambda t: loss_fn(f(t), y))(flat)
+    return _split(torch.diagonal(hess), params)
+
+
+def output_ggn_factor(model, loss_fn, x, y, rng_state, layer: nn.Module) -> Tensor:
+    """KFLR's B oracle: GGN w.r.t. an additive perturbation of ``layer``'s output."""
+    with torch.no_grad():
+        torch.set_rng_state(rng_state)
+        shape = {}
+        h = layer.register_forward_hook(lambda m, i, o: shape.update(s=o.shape))
+        model(x)
+        h.remove()
+    n = x.shape[0]
+
+    def f(delta: Tensor) -> Tensor:
+        torch.set_rng_state(rng_state)
+        h = layer.register_forward_hook(lambda m, i, o: o + delta)
+        try:
+            return model(x)
+        finally:
+            h.remove()
+
+    delta = torch.zeros(shape["s"], dtype=x.dtype)
+    out = f(delta).detach()
+    jac = torch.func.jacrev(f)(delta).reshape(out.numel(), n, -1)  # [N*C, N, h]
+    hess = _output_hessian(loss_fn, out, y)
+    jac = jac.reshape(out.numel(), -1)
+    ggn = (jac.t() @ hess @ jac).reshape(n, -1, n, jac.shape[1] // n)
+    blocks = torch.stack([ggn[i, :, i, :] for i in range(n)]).sum(0)  # [h, h]
+    if len(shape["s"]) == 4:
+        c = shape["s"][1]
+        blocks = blocks.reshape(c, -1, c, blocks.shape[0] // c).sum((1, 3))
+    return blocks
+
+
+def input_factor(rec: Record) -> Tensor:
+    x = rec.input
+    if isinstance(rec.module, nn.Linear):
+        return x.t() @ x / x.shape[0]
+    m = rec.module
+    u = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    return torch.einsum("nkt,njt->kj", u, u) / x.shape[0]
+
+
+def kfra_factors(trace: Trace) -> dict[int, Tensor]:
+    """Output factors by position, from the dense per-sample Jacobian recursion."""
+    loss = trace.loss
+    out = loss.input
+    n = out.shape[0]
+    hess = _output_hessian(loss.module, out, loss.target).reshape(n, out.shape[1], n, -1)
+    g = torch.stack([hess[i, :, i, :] for i in range(n)]).sum(0)
+    result = {}
+    for rec in reversed(trace.records):
+        if isinstance(rec.module, nn.Linear | nn.Conv2d):
+            if rec.output.dim() == 4:
+                c = rec.output.shape[1]
+                result[rec.position] = g.reshape(c, -1, c, g.shape[0] // c).sum((1, 3))
+            else:
+                result[rec.position] = g
+        jac = torch.func.jacrev(lambda t, m=rec.module: m(t))(rec.input)
+        jac = jac.reshape(n, rec.output[0].numel(), n, rec.input[0].numel())
+        g = sum(jac[i, :, i].t() @ g @ jac[i, :, i] for i in range(n)) / n
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+
+def _setup(net, loss, batch_size=3, eval_mode=False):
+    model, loss_fn, x, y = make_problem(net, loss, batch_size=batch_size)
+    if eval_mode:
+        model.eval()
+    rng = torch.get_rng_state()
+    trace = build_trace(model, loss_fn, x, y)
+    return model, loss_fn, x, y, rng, trace
+
+
+def _close(a: Tensor, b: Tensor, what: str) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("loss", LOSS_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("net", NET_CASES, ids=lambda c: c.id)
+def test_diag_ggn_exact(net, loss):
+    model, loss_fn, x, y, rng, trace = _setup(net, loss)
+    res = compute_second_order(trace, ["DiagGGNExact"])["DiagGGNExact"]
+    ggn = ggn_diagonal(model, loss_fn, x, y, rng)
+    assert set(res) == set(ggn)
+    for name in ggn:
+        _close(res[name], ggn[name], f"DiagGGNExact {name}")
+
+
+CURVED_NETS = [c for c in NET_CASES if c.id in _CURVED_IDS]
+#: every net with cross-entropy/mean plus one other loss (cycling), so that each loss and
+#: reduction meets convolutional and dense nets without the full cross product
+PAIRED = [(net, LOSS_CASES[0]) for net in NET_CASES] + [
+    (net, LOSS_CASES[1 + i % 3]) for i, net in enumerate(NET_CASES)
+]
+PAIRED_IDS = [f"{net.id}-{loss.id}" for net, loss in PAIRED]
+
+
+@pytest.mark.parametrize("loss", LOSS_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("net", CURVED_NETS, ids=lambda c: c.id)
+def test_diag_hessian(net, loss):
+    """Nets with sigmoid/tanh (nonzero residuals); eval mode so torch.func.hessian is exact."""
+    model, loss_fn, x, y, rng, trace = _setup(net, loss, eval_mode=True)
+    res = compute_second_order(trace, ["DiagHessian"])["DiagHessian"]
+    hess = hessian_diagonal(model, loss_fn, x, y, rng)
+    assert set(res) == set(hess)
+    for name in hess:
+        _close(res[name], hess[name], f"DiagHessian {name}")
+
+
+def test_diag_hessian_train_mode_dropout_and_relu_net():
+    """Train-mode dropout net (tanh before dropout): double-backward Hessian diagonal."""
+    net = next(c for c in NET_CASES if c.id == "mlp-tanh-dropout-nobias")
+    model, loss_fn, x, y, rng, trace = _setup(net, LOSS_CASES[0])
+    res = compute_second_order(trace, ["DiagHessian"])["DiagHessian"]
+    f, flat, params = _functional(model, x, rng)
+    flat = flat.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_fn(f(flat), y), flat, create_graph=True)
+    diag = torch.stack(
+        [torch.autograd.grad(g[i], flat, retain_graph=True)[0][i] for i in range(flat.numel())]
+    )
+    for name, ref in _split(diag.detach(), params).items():
+        _close(res[name], ref, f"DiagHessian {name}")
+
+
+def test_diag_hessian_residuals_are_nonzero_on_sigmoid_net():
+    """Guard: on a sigmoid net the Hessian diagonal differs from the GGN diagonal."""
+    net = next(c for c in NET_CASES if c.id == "mlp-sigmoid")
+    model, loss_fn, x, y, rng, trace = _setup(net, LOSS_CASES[0])
+    res = compute_second_order(trace, ["DiagGGNExact", "DiagHessian"])
+    diff = (res["DiagHessian"]["1.weight"] - res["DiagGGNExact"]["1.weight"]).abs().max()
+    assert diff > 1e-4
+
+
+@pytest.mark.parametrize(("net", "loss"), PAIRED, ids=PAIRED_IDS)
+def test_kflr_factors(net, loss):
+    model, loss_fn, x, y, rng, trace = _setup(net, loss)
+    res = compute_second_order(trace, ["KFLR"])["KFLR"]
+    for rec in trace.records:
+        m = rec.module
+        if not isinstance(m, nn.Linear | nn.Conv2d):
+            continue
+        b = output_ggn_factor(model, loss_fn, x, y, rng, m)
+        w = rec.name + ".weight"
+        assert len(res[w]) == 2
+        _close(res[w][0], b, f"KFLR B {w}")
+        _close(res[w][1], input_factor(rec), f"KFLR A {w}")
+        if m.bias is not None:
+            assert len(res[rec.name + ".bias"]) == 1
+            _close(res[rec.name + ".bias"][0], b, f"KFLR bias {rec.name}")
+
+
+@pytest.mark.parametrize(("net", "loss"), PAIRED, ids=PAIRED_IDS)
+def test_kfra_recursion(net, loss):
+    """Eval mode (dropout = identity) so the dense module Jacobians are deterministic."""
+    model, loss_fn, x, y, rng, trace = _setup(net, loss, eval_mode=True)
+    res = compute_second_order(trace, ["KFRA", "KFLR"])
+    ref = kfra_factors(trace)
+    last = max(ref)
+    for rec in trace.records:
+        if rec.position not in ref:
+            continue
+        w = rec.name + ".weight"
+        _close(res["KFRA"][w][0], ref[rec.position], f"KFRA B {w}")
+        _close(res["KFRA"][w][1], input_factor(rec), f"KFRA A {w}")
+        if rec.position == last:  # last layer: KFRA = KFLR
+            _close(res["KFRA"][w][0], res["KFLR"][w][0], "KFRA = KFLR on the last layer")
+
+
+def test_quantities_together_equal_separately():
+    """Sharing the exact stream / A factors does not change values."""
+    net = next(c for c in NET_CASES if c.id == "mini-3c3d")
+    model, loss_fn, x, y, rng, trace = _setup(net, LOSS_CASES[0], batch_size=4)
+    together = compute_second_order(trace, list(QUANTITIES))
+    for q in QUANTITIES:
+        alone = compute_second_order(trace, [q])[q]
+        for name, value in alone.items():
+            if isinstance(value, list):
+                for a, b in zip(value, together[q][name]):
+                    _close(a, b, f"{q} {name}")
+            else:
+                _close(value, together[q][name], f"{q} {name}")
+
+
+def test_chunked_equals_unchunked():
+    """A tiny budget forces column and sample chunks; results must not change."""
+    net = next(c for c in NET_CASES if c.id == "cnn-avgpool-adaptive")
+    model, loss_fn, x, y, rng, trace = _setup(net, LOSS_CASES[0], batch_size=5)
+    quantities = ["DiagGGNExact", "DiagHessian", "KFLR"]
+    big = compute_second_order(trace, quantities, memory_budget=2**30)
+    small = compute_second_order(trace, quantities, memory_budget=30_000)
+    for q in quantities:
+        for name, value in big[q].items():
+            if isinstance(value, list):
+                for a, b in zip(value, small[q][name]):
+                    _close(a, b, f"{q} {name}")
+            else:
+                _close(value, small[q][name], f"{q} {name}")
+
+
+def test_kfac_kflr_refuse_linear_with_3d_input():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Flatten(), nn.Linear(6, 2)).double()
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    trace = build_trace(model, nn.CrossEntropyLoss(), x, torch.randint(0, 2, (5,)))
+    for q in ("KFAC", "KFLR", "KFRA"):
+        with pytest.raises(UnsupportedModuleError, match="2-d inputs"):
+            compute_second_order(trace, [q])
+    # the diagonal quantities handle the 3-d input
+    res = compute_second_order(trace, ["DiagGGNExact"])["DiagGGNExact"]
+    ref = ggn_diagonal(model, nn.CrossEntropyLoss(), x, trace.loss.target, torch.get_rng_state())
+    _close(res["0.weight"], ref["0.weight"], "3-d Linear input")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [nn.LeakyReLU(), nn.BatchNorm1d(4), nn.Conv2d(2, 2, 3, groups=2)],
+    ids=["leakyrelu", "batchnorm", "grouped-conv"],
+)
+def test_unsupported_module_names_module_position_quantity(module):
+    model = nn.Sequential(nn.Identity(), module)
+    with pytest.raises(UnsupportedModuleError) as err:
+        check_supported(model, ["DiagGGNExact"])
+    msg = str(err.value)
+    assert type(module).__name__ in msg and "position 1" in msg and "DiagGGNExact" in msg
+
+
+def test_unsupported_loss():
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    trace = build_trace(model, nn.BCEWithLogitsLoss(), x, torch.rand(4, 2, dtype=torch.float64))
+    with pytest.raises(UnsupportedModuleError, match="CrossEntropyLoss, MSELoss"):
+        compute_second_order(trace, ["KFLR"])
+
+
+def test_unknown_quantity_lists_valid_names():
+    with pytest.raises(ValueError, match="DiagGGNExact"):
+        check_supported(nn.Sequential(nn.Linear(2, 2)), ["DiagGGN"])
+
+
+def test_kfra_refused_before_allocating():
+    """KFRA on a conv with a large output raises with the bytes, without allocating them."""
+    model = nn.Sequential(nn.Conv2d(3, 64, 5), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 28 * 28, 2))
+    x = torch.randn(1, 3, 32, 32)
+    trace = build_trace(model, nn.CrossEntropyLoss(), x, torch.tensor([1]))
+    h = 64 * 28 * 28
+    with pytest.raises(MemoryBudgetError) as err:
+        compute_second_order(trace, ["KFRA"], memory_budget=2**30)
+    msg = str(err.value)
+    assert f"{h:,} x {h:,}" in msg and "bytes" in msg and "KFRA" in msg
+    need = (h * h) * 4  # at least the dense matrix
+    assert int(msg.split("need about ")[1].split(" bytes")[0].replace(",", "")) >= need
