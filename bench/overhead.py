@@ -343,6 +343,7 @@ class RunOptions:
     memory: bool = True
     memory_steps: int = 2
     mem_cap_gb: float | None = 10.0
+    probe_timeout_s: float | None = None
     seed: int = 0
 
 
@@ -393,7 +394,11 @@ def run_group(
                 factory = functools.partial(memory_step_factory, asdict(m), options.seed)
                 cap = None if options.mem_cap_gb is None else options.mem_cap_gb * 1024
                 result = subprocess_peak_rss_mb(
-                    factory, steps=options.memory_steps, cap_mb=cap, preload=PRELOAD
+                    factory,
+                    steps=options.memory_steps,
+                    cap_mb=cap,
+                    preload=PRELOAD,
+                    timeout_s=options.probe_timeout_s,
                 )
                 method = "rss_subprocess" + ("" if result["exact_reset"] else "_maxrss")
                 memory[m.variant] = (result["peak_mem_mb"], method)

@@ -12,15 +12,13 @@ an out-of-memory instead of swapping the machine.
 
 from __future__ import annotations
 
-import concurrent.futures
 import gc
 import multiprocessing
-import os
 import resource
+import signal
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,6 +230,20 @@ def _rss_worker(
     return {"peak_mem_mb": max(peak_rss_mb() - base, 0.0), "exact_reset": exact}
 
 
+def _rss_entry(conn: Any, factory: StepFactory, steps: int, threads: int, cap_mb: float | None):
+    """Child entry: send ``("ok", result)`` or ``("error", exception)`` through ``conn``."""
+    try:
+        payload: tuple[str, Any] = ("ok", _rss_worker(factory, steps, threads, cap_mb))
+    except BaseException as err:  # report every failure to the parent
+        payload = ("error", err)
+    try:
+        conn.send(payload)
+    except Exception:  # an unpicklable exception: send its text
+        conn.send(("error", RuntimeError(f"{type(payload[1]).__name__}: {payload[1]}")))
+    finally:
+        conn.close()
+
+
 def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
     """Pick the cheapest clean start method: forkserver (``preload`` imported once), else spawn.
 
@@ -274,17 +286,27 @@ def subprocess_peak_rss_mb(
 
     """
     threads = threads or torch.get_num_threads()
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=1, mp_context=_context(preload)
-    ) as pool:
-        future = pool.submit(_rss_worker, factory, steps, threads, cap_mb)
-        try:
-            return future.result(timeout=timeout_s)
-        except BrokenProcessPool as err:
+    ctx = _context(preload)
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_rss_entry, args=(sender, factory, steps, threads, cap_mb))
+    proc.start()
+    sender.close()
+    try:
+        if not receiver.poll(timeout_s):
+            proc.kill()
+            proc.join()
+            raise TimeoutError(f"memory measurement exceeded {timeout_s} s")
+        status, value = receiver.recv()
+    except EOFError:  # the child died without answering
+        proc.join()
+        if proc.exitcode == -signal.SIGKILL:
             raise MemoryError(
-                f"the measuring process died (killed, probably out of memory): {err}"
-            ) from err
-        except concurrent.futures.TimeoutError as err:
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                os.kill(proc.pid, 9)
-            raise TimeoutError(f"memory measurement exceeded {timeout_s} s") from err
+                "the measuring process was killed (SIGKILL; probably the kernel's OOM killer)"
+            ) from None
+        raise RuntimeError(f"the measuring process exited with code {proc.exitcode}") from None
+    finally:
+        receiver.close()
+    proc.join()
+    if status == "error":
+        raise value
+    return value

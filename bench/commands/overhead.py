@@ -73,6 +73,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=10.0,
         help="CPU: address-space headroom of each memory probe; beyond it a variant is `oom`",
     )
+    parser.add_argument(
+        "--probe-timeout", type=float, help="seconds per memory probe (default: none)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="set cudnn.benchmark")
     parser.add_argument("--seed", type=int, default=0)
@@ -128,6 +131,7 @@ def run_command(args: argparse.Namespace) -> int:
         memory=args.memory,
         memory_steps=args.memory_steps,
         mem_cap_gb=args.mem_cap_gb,
+        probe_timeout_s=args.probe_timeout,
         seed=args.seed,
     )
     defaults = []

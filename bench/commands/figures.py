@@ -1,0 +1,67 @@
+"""``curvbench figures``: rebuild plots/ and the REPORT.md files from the committed results."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+TARGETS = ("overhead", "gridsearch")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``figures`` on the ``curvbench`` subparsers."""
+    parser = subparsers.add_parser(
+        "figures",
+        help="rebuild plots/ and REPORT.md from results/ (no compute)",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "target",
+        nargs="?",
+        choices=(*TARGETS, "all"),
+        default="all",
+        help="which figures (default: all)",
+    )
+    parser.add_argument("--results", default="results", help="results folder (default: results)")
+    parser.add_argument("--plots", default="plots", help="plots folder (default: plots)")
+    parser.set_defaults(func=run_command)
+    return parser
+
+
+def overhead_figures(results: Path, plots: Path) -> list[Path]:
+    """Figures and REPORT.md of every ``<results>/overhead/*.csv``."""
+    from bench.overhead_figures import make_all
+    from bench.overhead_report import write_report
+
+    csvs = sorted((results / "overhead").glob("*.csv"))
+    if not csvs:
+        print(f"figures: no overhead CSV in {results / 'overhead'}; run `curvbench overhead`")
+        return []
+    paths = make_all(csvs, plots)
+    paths.append(write_report(csvs, results / "overhead" / "REPORT.md"))
+    return paths
+
+
+def gridsearch_figures(results: Path, plots: Path) -> list[Path]:
+    """Build the grid-search figures (``bench.gridsearch_figures.make_all``) if it exists."""
+    try:
+        module = importlib.import_module("bench.gridsearch_figures")
+    except ModuleNotFoundError as err:
+        if err.name != "bench.gridsearch_figures":
+            raise
+        print("figures: bench.gridsearch_figures is not in this checkout; skipping gridsearch")
+        return []
+    return list(module.make_all(results / "gridsearch", plots) or [])
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Build the chosen figures and print the files written."""
+    results, plots = Path(args.results), Path(args.plots)
+    targets = TARGETS if args.target == "all" else (args.target,)
+    builders = {"overhead": overhead_figures, "gridsearch": gridsearch_figures}
+    for target in targets:
+        for path in builders[target](results, plots):
+            print(path)
+    return 0
