@@ -111,11 +111,13 @@ def crop_flip(images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = P
     """Zero-pad by ``pad``, crop back to the input size at ``(dy, dx)``, mirror where ``flip``.
 
     Equivalent to torchvision's ``Pad(pad)``, ``RandomCrop(size)`` with top-left corner
-    ``(dy, dx)`` in the padded image and ``RandomHorizontalFlip`` (flip after crop), done as one
-    gather for the whole batch; works for any dtype.
+    ``(dy, dx)`` in the padded image and ``RandomHorizontalFlip`` (flip after crop). All
+    ``(2 pad + 1)^2`` crops of the padded image and of its mirror image are strided views
+    (``unfold``); one indexing op picks each image's crop, copying whole rows. Mirroring the crop
+    at column offset ``dx`` equals cropping the mirrored padded image at ``2 pad - dx``.
 
     Args:
-        images: ``[B, C, H, W]``.
+        images: ``[B, C, H, W]``, any dtype.
         dy: ``[B]`` row offsets in ``[0, 2 * pad]``.
         dx: ``[B]`` column offsets in ``[0, 2 * pad]``.
         flip: ``[B]`` bool.
@@ -125,21 +127,25 @@ def crop_flip(images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = P
         ``[B, C, H, W]``, same dtype and device as ``images``.
 
     """
-    b, c, h, w = images.shape
+    b, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    ar_h = torch.arange(h, device=images.device)
-    ar_w = torch.arange(w, device=images.device)
-    rows = dy[:, None] + ar_h  # [B, H]
-    cols = dx[:, None] + torch.where(flip[:, None], (w - 1) - ar_w, ar_w)  # [B, W]
-    batch = torch.arange(b, device=images.device)[:, None, None, None]
-    chan = torch.arange(c, device=images.device)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    both = torch.stack([padded, padded.flip(-1)], dim=1)  # [B, 2, C, H + 2p, W + 2p]
+    crops = both.unfold(3, h, 1).unfold(4, w, 1)  # [B, 2, C, 2p + 1, 2p + 1, H, W], a view
+    col = torch.where(flip, 2 * pad - dx, dx)
+    batch = torch.arange(b, device=images.device)
+    return crops[batch, flip.long(), :, dy, col]
 
 
 def grayscale(images: Tensor) -> Tensor:
-    """Torchvision's ``rgb_to_grayscale`` of float images ``[B, 3, H, W]`` -> ``[B, 1, H, W]``."""
-    r, g, b = images.unbind(dim=-3)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(-3)
+    """Compute torchvision's ``rgb_to_grayscale`` of float images ``[B, 3, H, W]``.
+
+    Returns:
+        ``[B, 1, H, W]``: ``0.2989 r + 0.587 g + 0.114 b``.
+
+    """
+    gray = images[:, 0:1] * GRAY_WEIGHTS[0]
+    gray.add_(images[:, 1:2], alpha=GRAY_WEIGHTS[1])
+    return gray.add_(images[:, 2:3], alpha=GRAY_WEIGHTS[2])
 
 
 def color_jitter(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
@@ -147,7 +153,9 @@ def color_jitter(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
 
     Each op is a blend ``clamp(f * x + (1 - f) * t, 0, 1)`` with target ``t``: 0 (brightness),
     the mean of the grayscale image (contrast) or the grayscale image (saturation). Step ``k``
-    applies, to every image at once, the blend its ``order[:, k]`` names.
+    applies, to every image at once, the blend its ``order[:, k]`` names, written as
+    ``t = a * gray + c`` with per-image ``a`` (1 for saturation) and ``c`` (the grey mean for
+    contrast), so one pass serves all three ops.
 
     Args:
         images: Float images in ``[0, 1]``, ``[B, 3, H, W]``.
@@ -160,13 +168,15 @@ def color_jitter(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
     """
     x = images
     for k in range(3):
-        op = order[:, k]
-        f = factors.gather(1, op[:, None]).view(-1, 1, 1, 1)
+        op = order[:, k : k + 1]
+        f = factors.gather(1, op).view(-1, 1, 1, 1)
+        keep = 1.0 - f
         gray = grayscale(x)
-        is_sat = (op == SATURATION).view(-1, 1, 1, 1).to(x.dtype)
-        is_con = (op == CONTRAST).view(-1, 1, 1, 1).to(x.dtype)
-        target = is_sat * gray + is_con * gray.mean(dim=(-2, -1), keepdim=True)
-        x = (f * x + (1.0 - f) * target).clamp_(0.0, 1.0)
+        a = (op == SATURATION).view(-1, 1, 1, 1).to(x.dtype) * keep
+        c = (op == CONTRAST).view(-1, 1, 1, 1).to(x.dtype) * keep
+        mean = gray.mean(dim=(-2, -1), keepdim=True)
+        target = gray.mul_(a).add_(c * mean)  # (1 - f) * t, [B, 1, H, W]
+        x = torch.addcmul(target, x, f).clamp_(0.0, 1.0)
     return x
 
 
