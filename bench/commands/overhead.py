@@ -64,7 +64,12 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--name", help="file stem (default: the device type, e.g. cpu)")
     parser.add_argument("--redo", action="store_true", help="re-measure rows already stored")
     parser.add_argument(
-        "--no-memory", dest="memory", action="store_false", help="skip peak-memory measurement"
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip peak memory; on CPU this also skips the capped out-of-memory probe, so a "
+        "variant needing more memory than the machine has (BackPACK's KFRA on these nets wants "
+        "~11 GiB) runs unguarded",
     )
     parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory probe")
     parser.add_argument(
