@@ -58,7 +58,10 @@ def _batch_pickle(data: np.ndarray, labels: list[int], label_key: str, bytes_key
         batch["coarse_labels"] = [y // 5 for y in labels]
     if bytes_keys:  # like the Python 2 originals read with encoding="bytes"
         batch = {k.encode(): v for k, v in batch.items()}
-    return pickle.dumps(batch, protocol=2)
+    raw = pickle.dumps(batch, protocol=2)
+    if bytes_keys:  # the originals name numpy 1's module path
+        raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    return raw
 
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
