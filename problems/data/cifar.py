@@ -358,7 +358,8 @@ def load_cifar(
     spec = resolve_dataset(dataset)
     if not is_cached(spec.name, root):
         raise DataNotFoundError(missing_message(spec.name, root))
-    tensors = torch.load(cache_file(spec.name, root), map_location="cpu", weights_only=True)
+    # memory-mapped: processes on one machine share the page cache; .to(device) copies once
+    tensors = torch.load(cache_file(spec.name, root), mmap=True, weights_only=True)
     x_train, y_train = tensors["x_train"], tensors["y_train"]
     x_test, y_test = tensors["x_test"], tensors["y_test"]
     for x, y in ((x_train, y_train), (x_test, y_test)):
