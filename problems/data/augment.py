@@ -113,7 +113,7 @@ def crop_flip(images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = P
     Equivalent to torchvision's ``Pad(pad)``, ``RandomCrop(size)`` with top-left corner
     ``(dy, dx)`` in the padded image and ``RandomHorizontalFlip`` (flip after crop). All
     ``(2 pad + 1)^2`` crops of the padded image and of its mirror image are strided views
-    (``unfold``); one indexing op picks each image's crop, copying whole rows. Mirroring the crop
+    (``unfold``); one indexing op picks each image's crop from them. Mirroring the crop
     at column offset ``dx`` equals cropping the mirrored padded image at ``2 pad - dx``.
 
     Args:
