@@ -85,19 +85,25 @@ def measure_ratios(
 
 def check(
     measured: Mapping[str, Any],
-    reference: Mapping[str, float],
+    reference: Mapping[str, Any],
     factor: float = FACTOR,
     slack: float = SLACK,
 ) -> list[Verdict]:
-    """Compare measured ratios with the reference; a quantity in the reference must have run.
+    """Compare measured ratios with the reference; a quantity with a reference ratio must run.
 
-    A measured quantity without a reference passes (with a note to refresh).
+    A reference entry that is a string records a quantity that did not run when the reference
+    was taken (e.g. ``"oom: ..."``, over the memory budget); it passes either way. A measured
+    quantity without a reference passes too, with a note to refresh.
     """
     verdicts = []
     for q in [*reference, *(q for q in measured if q not in reference)]:
         value, ref = measured.get(q), reference.get(q)
         if ref is None:
-            verdicts.append(Verdict(q, value, None, None, True, "no reference (refresh it)"))
+            verdicts.append(Verdict(q, _num(value), None, None, True, "no reference (refresh)"))
+            continue
+        if isinstance(ref, str):
+            note = f"not gated (reference: {ref.split(':')[0]})"
+            verdicts.append(Verdict(q, _num(value), None, None, True, note))
             continue
         limit = factor * ref + slack
         if not isinstance(value, float | int):
@@ -109,35 +115,46 @@ def check(
     return verdicts
 
 
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, float | int) else None
+
+
 def load_reference(path: str | Path = REFERENCE_PATH) -> dict[str, Any]:
     """Load the reference file (empty structure when it does not exist)."""
     return results_io.read_json(path, default={"cases": {}})
 
 
-def reference_for(key: str, path: str | Path = REFERENCE_PATH) -> dict[str, float] | None:
-    """Return the reference ratios of case ``key``, or None."""
+def reference_for(key: str, path: str | Path = REFERENCE_PATH) -> dict[str, Any] | None:
+    """Return the reference of case ``key`` (ratios, and status texts of what did not run)."""
     case = load_reference(path)["cases"].get(key)
-    return None if case is None else dict(case["ratios"])
+    if case is None:
+        return None
+    return {**case.get("not_run", {}), **case["ratios"]}
 
 
 def refresh(
     path: str | Path = REFERENCE_PATH,
     device: str = "cpu",
-    rounds: int = 3 * ROUNDS,
-    repeats: int = 1,
+    rounds: int = 2 * ROUNDS,
+    repeats: int = 3,
 ) -> dict[str, float]:
     """Re-measure the reference of this device type (median over ``repeats`` runs) and store it."""
     runs = [measure_ratios(device=device, rounds=rounds) for _ in range(repeats)]
-    ratios = {}
+    ratios: dict[str, float] = {}
+    not_run: dict[str, str] = {}
     for q in QUANTITIES:
         values = sorted(r[q] for r in runs if isinstance(r.get(q), float))
         if values:
             ratios[q] = values[len(values) // 2]
+        else:
+            not_run[q] = str(runs[0].get(q))
     data = load_reference(path)
     env = collect_environment(device)
     data["cases"][case_key(PROBLEM, BATCH_SIZE, device)] = {
         "ratios": ratios,
+        "not_run": not_run,
         "rounds": rounds,
+        "repeats": repeats,
         "threads": torch.get_num_threads(),
         "measured": {k: env.get(k) for k in ("time_utc", "device_name", "torch", "commit")},
     }
@@ -169,13 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--refresh", action="store_true", help="re-measure and store the reference")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, help=f"timed rounds (check {ROUNDS}, refresh 3x)")
+    parser.add_argument("--rounds", type=int, help=f"timed rounds (check {ROUNDS}, refresh 2x)")
     parser.add_argument("--repeats", type=int, default=3, help="refresh: median of this many runs")
     parser.add_argument("--reference", default=str(REFERENCE_PATH))
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     if args.refresh:
-        ratios = refresh(args.reference, args.device, args.rounds or 3 * ROUNDS, args.repeats)
+        ratios = refresh(args.reference, args.device, args.rounds or 2 * ROUNDS, args.repeats)
         print(f"gate: wrote {args.reference}")
         print("\n".join(f"  {q:<15} {r:.2f}" for q, r in ratios.items()))
         return 0
