@@ -154,6 +154,7 @@ class CifarProblem:
         device: torch.device | str = "cpu",
         batch_size: int | None = None,
         train_eval_size: int = 10000,
+        **options: Any,
     ) -> Any:
         """Load this problem's data splits via ``problems.data.load_problem_data``.
 
@@ -164,12 +165,16 @@ class CifarProblem:
             device: Where the data lives.
             batch_size: Training batch size (default: ``self.batch_size``).
             train_eval_size: Size of the train-eval subset.
+            **options: Passed on (``valid_size``, ``n_train``, ``n_test``, ``augment``,
+                ``normalization``; see ``load_problem_data``).
 
         Returns:
-            Whatever ``problems.data.load_problem_data`` returns.
+            The ``DeepOBSData`` splits.
 
         """
-        return _data_package().load_problem_data(
+        from problems.data import load_problem_data
+
+        return load_problem_data(
             self,
             source=source,
             seed=seed,
@@ -177,6 +182,7 @@ class CifarProblem:
             device=device,
             batch_size=batch_size,
             train_eval_size=train_eval_size,
+            **options,
         )
 
     def data_present(self, root: str | None = None) -> bool:
@@ -189,24 +195,9 @@ class CifarProblem:
             ``problems.data.is_cached(self.dataset, root)``.
 
         """
-        return bool(_data_package().is_cached(self.dataset, root))
+        from problems.data import is_cached
 
-
-def _data_package() -> Any:
-    """Import ``problems.data`` lazily, with a clear error if it is not there."""
-    message = (
-        "the data package problems.data is not available in this checkout; "
-        "data loading and the data-present check need it"
-    )
-    try:
-        import problems.data as data
-    except ModuleNotFoundError as err:
-        if err.name not in ("problems.data", "problems"):
-            raise
-        raise ImportError(message) from err
-    if not all(hasattr(data, f) for f in ("load_problem_data", "is_cached")):
-        raise ImportError(f"{message} (it lacks load_problem_data/is_cached)")
-    return data
+        return bool(is_cached(self.dataset, root))
 
 
 _REGISTRY: dict[str, CifarProblem] = {

@@ -23,42 +23,21 @@ _COLUMNS = (
 )
 
 
-def data_present(problem: Any, data_dir: str | None) -> tuple[bool | None, str]:
-    """Check whether ``problem``'s dataset is cached, without failing if the check cannot run.
-
-    Args:
-        problem: A ``problems.get(...)`` problem.
-        data_dir: Data directory, or ``None`` for ``$CURVBENCH_DATA`` / the user cache.
-
-    Returns:
-        ``(present, "")``, or ``(None, reason)`` when the data package is not available.
-
-    """
-    try:
-        return problem.data_present(data_dir), ""
-    except ImportError as err:
-        return None, str(err)
-
-
-def problem_rows(data_dir: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+def problem_rows(data_dir: str | None = None) -> list[dict[str, Any]]:
     """Describe every problem as a JSON-ready dict.
 
     Args:
         data_dir: Data directory, or ``None`` for ``$CURVBENCH_DATA`` / the user cache.
 
     Returns:
-        The rows (in ``problems.names()`` order) and the distinct reasons why the data check could
-        not run (empty when it could).
+        The rows, in ``problems.names()`` order.
 
     """
     import problems
 
-    rows, notes = [], []
+    rows = []
     for name in problems.names():
         problem = problems.get(name)
-        present, why = data_present(problem, data_dir)
-        if why and why not in notes:
-            notes.append(why)
         rows.append(
             {
                 "name": problem.name,
@@ -70,11 +49,11 @@ def problem_rows(data_dir: str | None = None) -> tuple[list[dict[str, Any]], lis
                 "epochs": problem.epochs,
                 "deepobs_defaults": problem.deepobs_defaults,
                 "in_deepobs": problem.in_deepobs,
-                "data_present": present,
+                "data_present": problem.data_present(data_dir),
                 "description": problem.description,
             }
         )
-    return rows, notes
+    return rows
 
 
 def _cell(key: str, row: dict[str, Any]) -> str:
@@ -84,19 +63,16 @@ def _cell(key: str, row: dict[str, Any]) -> str:
         return f"{value:,}"
     if key in ("batch_size", "epochs") and not row["deepobs_defaults"]:
         return f"{value}*"
-    if key == "data_present" and value is None:
-        return "?"
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
 
 
-def format_table(rows: list[dict[str, Any]], notes: list[str] | None = None) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     """Render the rows as an aligned plain-text table with footnotes.
 
     Args:
         rows: From ``problem_rows``.
-        notes: Reasons the data check could not run (printed under the table).
 
     Returns:
         The table, without a trailing newline.
@@ -111,17 +87,16 @@ def format_table(rows: list[dict[str, Any]], notes: list[str] | None = None) -> 
         lines.append("* our choice: DeepOBS has no default batch size/epochs for this problem")
     if any(not row["in_deepobs"] for row in rows):
         lines.append("DeepOBS = no: our addition, not a DeepOBS test problem")
-    lines += [f"data = ?: {note}" for note in notes or []]
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the problems table (or JSON) and return the exit code 0."""
-    rows, notes = problem_rows(args.data_dir)
+    rows = problem_rows(args.data_dir)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(format_table(rows, notes))
+        print(format_table(rows))
     return 0
 
 

@@ -151,13 +151,6 @@ def test_data_delegates_to_the_data_package(fake_data):
     assert calls == [("is_cached", ("cifar100", "D"), {}), ("is_cached", ("cifar10", None), {})]
 
 
-def test_data_without_the_data_package_is_a_clear_error(fake_data):
-    fake, _ = fake_data
-    del fake.is_cached
-    with pytest.raises(ImportError, match="problems.data is not available"):
-        problems.get("cifar10_3c3d").data_present()
-
-
 def _run_command(argv, capsys):
     parser = argparse.ArgumentParser(prog="curvbench")
     problems_cmd.add_parser(parser.add_subparsers(dest="command"))
@@ -202,19 +195,11 @@ def test_command_json_parses(fake_data, capsys):
     assert {c[1] for c in calls} == {("cifar10", "D"), ("cifar100", "D")}
 
 
-def test_command_without_data_package_says_why(fake_data, capsys):
-    fake, _ = fake_data
-    del fake.is_cached
-    out = _run_command(["problems"], capsys)
-    assert "data = ?: " in out
-    assert json.loads(_run_command(["problems", "--json"], capsys))[0]["data_present"] is None
-
-
 def test_cli_entry_point_json_and_help(tmp_path, capsys):
     assert cli_main(["problems", "--json", "--data-dir", str(tmp_path)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == list(NAMES)
-    assert all(r["data_present"] in (False, None) for r in rows)  # empty directory
+    assert all(r["data_present"] is False for r in rows)  # empty directory
     with pytest.raises(SystemExit) as info:
         cli_main(["problems", "--help"])
     assert info.value.code == 0
