@@ -16,6 +16,7 @@ change (or a new quantity), review the diff of ``bench/reference_ratios.json`` a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -156,7 +157,10 @@ def refresh(
         "rounds": rounds,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
-        "measured": {k: env.get(k) for k in ("time_utc", "device_name", "torch", "commit")},
+        "measured": {
+            **{k: env.get(k) for k in ("time_utc", "device_name", "torch", "commit")},
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        },
     }
     data["tolerance"] = {"factor": FACTOR, "slack": SLACK}
     data["how_to_refresh"] = "python -m bench.gate --refresh   (on a quiet machine; commit)"

@@ -71,7 +71,12 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "variant needing more memory than the machine has (BackPACK's KFRA on these nets wants "
         "~11 GiB) runs unguarded",
     )
-    parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory probe")
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        help="steps per memory measurement (default: cuda 2, cpu 1: each step drops the previous "
+        "step's results first, so a second step adds no live memory on CPU, only minutes)",
+    )
     parser.add_argument(
         "--mem-cap-gb",
         type=float,
@@ -134,7 +139,7 @@ def run_command(args: argparse.Namespace) -> int:
         rounds=args.rounds or (overhead.CUDA_ROUNDS if on_cuda else overhead.CPU_ROUNDS),
         warmup=args.warmup if args.warmup is not None else (2 if on_cuda else 1),
         memory=args.memory,
-        memory_steps=args.memory_steps,
+        memory_steps=args.memory_steps or (2 if on_cuda else 1),
         mem_cap_gb=args.mem_cap_gb,
         probe_timeout_s=args.probe_timeout,
         seed=args.seed,
