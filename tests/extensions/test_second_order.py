@@ -350,3 +350,24 @@ def test_unsupported_loss():
 def test_unknown_quantity_lists_valid_names():
     with pytest.raises(ValueError, match="DiagGGNExact"):
         check_supported(nn.Sequential(nn.Linear(2, 2)), ["DiagGGN"])
+
+
+CONV_GEOMETRIES = [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, stride=2),
+    dict(kernel_size=(3, 2), stride=(1, 2), padding=(2, 0), dilation=(1, 2)),
+    dict(kernel_size=5, dilation=2, padding=3, stride=3),
+]
+
+
+@pytest.mark.parametrize("structured", [True, False], ids=["structured", "unfold"])
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=lambda g: "-".join(map(str, g.values())))
+def test_conv_input_factor_algorithms(geometry, structured, monkeypatch):
+    """Both A-factor algorithms (row-shift Gram, chunked unfold) equal the F.unfold definition."""
+    from extensions import kronecker
+
+    monkeypatch.setattr(kronecker, "use_structured_input_factor", lambda x, m: structured)
+    conv = nn.Conv2d(3, 2, **geometry).double()
+    x = torch.randn(4, 3, 11, 10, dtype=torch.float64)
+    rec = Record("c", 0, conv, x, conv(x).detach())
+    _close(kronecker.conv2d_input_factor(x, conv), input_factor(rec), "A")
