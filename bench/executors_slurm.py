@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -91,14 +92,17 @@ def release_own_stale_lock(store: RunStore, run_id: str, task_id: str | None) ->
     if task_id is None:
         return False
     claim = store.root / LOG_DIRNAME / "owners" / run_id
-    removed = False
+    lock = store.lock_path(run_id)
     try:
         previous = claim.read_text().strip()
     except FileNotFoundError:
         previous = None
-    if previous == task_id and store.lock_path(run_id).exists():
-        store.lock_path(run_id).unlink(missing_ok=True)
-        removed = True
+    removed = False
+    if previous == task_id:
+        removed = lock.exists()
+        lock.unlink(missing_ok=True)
+    elif lock.exists():
+        return False  # another process's lock (live or not): run_job decides, we claim nothing
     claim.parent.mkdir(parents=True, exist_ok=True)
     tmp = claim.with_name(f".{run_id}.{os.getpid()}.tmp")
     tmp.write_text(task_id)
@@ -175,7 +179,7 @@ class QueueWatcher(SlurmInfoWatcher):
         """States of this user's jobs from squeue; registered jobs it omits are ``GONE``."""
         try:
             out = subprocess.run(
-                ["squeue", "-h", "-r", "-t", "all", "--me", "-o", "%i|%T|%N"],
+                ["squeue", "-h", "-r", "-t", "all", "-u", _user(), "-o", "%i|%T|%N"],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -188,6 +192,11 @@ class QueueWatcher(SlurmInfoWatcher):
         for job_id in self._registered - self._finished:
             info.setdefault(job_id, {"JobID": job_id, "State": "GONE", "NodeList": ""})
         return info
+
+
+def _user() -> str:
+    """Return the name of the user this process runs as (whose jobs squeue lists)."""
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def parse_squeue(text: str) -> dict[str, dict[str, str]]:

@@ -31,6 +31,8 @@ _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 #: Seconds a requeued job waits before it may start again (SLURM's ``cred_expire``; default 120).
 REQUEUE_DELAY_S = 5
+#: Seconds between SIGTERM and SIGKILL when a job is cancelled or requeued (default 30).
+KILL_WAIT_S = 1
 
 
 def find_binary(name: str) -> str | None:
@@ -113,7 +115,7 @@ JobRequeue=1
 ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
-KillWait=5
+KillWait={KILL_WAIT_S}
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """

@@ -9,6 +9,8 @@ is checked separately: the resumed attempt starts at the checkpoint's epoch).
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -140,7 +142,7 @@ def test_job_array_respects_the_cap_and_fills_the_store(slurm_cluster, tmp_path)
     store = RunStore(tmp_path / "store")
     # One CPU per task on a two-CPU node: without the cap, both tasks would run at once.
     executor = SlurmExecutor(
-        cpus_per_task=1, array_parallelism=1, time_min=10, poll_s=0.5, progress=False
+        cpus_per_task=1, array_parallelism=1, time_min=60, poll_s=0.5, progress=False
     )
     with RunningSampler(slurm_cluster) as sampler:
         executor.run([good, bad], store)
@@ -163,7 +165,7 @@ def test_preempted_runs_resume_from_their_checkpoint(slurm_cluster, tmp_path):
     runs = [tiny_run(seed=4, epochs=EPOCHS_PREEMPT), tiny_run(seed=5, epochs=EPOCHS_PREEMPT)]
     store = RunStore(tmp_path / "store")
     executor = SlurmExecutor(
-        cpus_per_task=1, array_parallelism=2, time_min=10, poll_s=0.5, progress=False
+        cpus_per_task=1, array_parallelism=2, time_min=60, poll_s=0.5, progress=False
     )
     thread, errors = run_in_thread(executor, runs, store)
     wait_for(lambda: len(executor.task_ids) == 2, "the array's submission", slurm_cluster)
@@ -178,8 +180,11 @@ def test_preempted_runs_resume_from_their_checkpoint(slurm_cluster, tmp_path):
     assert not any(store.is_done(run.run_id) for run in runs), "runs ended before preemption"
     # Task 0: submitit's preemption path (SIGTERM, then USR2 -> checkpoint() -> requeue).
     submitit_job(store, tasks[0])._interrupt()
-    # Task 1: a hard requeue, as a PreemptMode=REQUEUE preemption (SIGTERM, then SIGKILL).
+    # Task 1: a hard preemption: requeued and killed at once (no grace time, no checkpoint()).
+    # SLURM itself would SIGKILL only seconds later, and submitit ignores the SIGTERM before.
     slurm_cluster.scontrol("requeue", tasks[1])
+    _host, pid = store.lock_path(runs[1].run_id).read_text().split()
+    os.kill(int(pid), signal.SIGKILL)
     thread.join(timeout=120)
     assert not thread.is_alive(), slurm_cluster.logs()
     assert not errors, errors
@@ -199,7 +204,7 @@ def test_task_killed_by_slurm_is_reported_failed(slurm_cluster, tmp_path):
     run = tiny_run(seed=6, epochs=EPOCHS_PREEMPT)
     store = RunStore(tmp_path / "store")
     executor = SlurmExecutor(
-        cpus_per_task=1, time_min=10, poll_s=0.5, results_timeout_s=1, progress=False
+        cpus_per_task=1, time_min=60, poll_s=0.5, results_timeout_s=1, progress=False
     )
     thread, errors = run_in_thread(executor, [run], store)
     wait_for(lambda: store.status(run.run_id) == "running", "the run to start", slurm_cluster)
