@@ -32,6 +32,7 @@ from bench.backends import DEFAULT_BACKENDS, BaseBackend, Step, get_backend
 from bench.environment import collect_environment
 from bench.spec import C_COLUMN_QUANTITIES, GRAD, OVERHEAD_COLUMNS, QUANTITIES
 from bench.timing import (
+    SubprocessError,
     cuda_peak_memory_mb,
     interleaved_times,
     subprocess_peak_rss_mb,
@@ -275,7 +276,7 @@ def groups_of(measurements: Iterable[Measurement]) -> dict[tuple, list[Measureme
 
 def classify_error(err: BaseException) -> str:
     """Map a failure to its row status: ``oom``, ``unsupported`` or ``error``."""
-    names = {cls.__name__ for cls in type(err).__mro__}
+    names = {cls.__name__ for cls in type(err).__mro__} | set(getattr(err, "type_names", ()))
     text = str(err).lower()
     if names & {"OutOfMemoryError", "MemoryBudgetError", "MemoryError"} or any(
         s in text for s in ("out of memory", "can't allocate memory", "not enough memory")
@@ -284,6 +285,13 @@ def classify_error(err: BaseException) -> str:
     if names & {"UnsupportedModuleError", "NotImplementedError"} or "not supported" in text:
         return "unsupported"
     return "error"
+
+
+def describe_error(err: BaseException) -> str:
+    """Return ``Type: message`` of a failure (a measuring process's error already has it)."""
+    if isinstance(err, SubprocessError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
 
 
 def build_step(
@@ -379,7 +387,7 @@ def run_group(
         batches = batch_source(setup, first.batch_size, first.mode, device, options.seed)
     except Exception as err:  # no data for paper mode, unknown problem, ...
         status = "unavailable" if isinstance(err, (ImportError, NotImplementedError)) else "error"
-        return [_row(m, status, f"{type(err).__name__}: {err}") for m in measurements]
+        return [_row(m, status, describe_error(err)) for m in measurements]
 
     runnable: list[Measurement] = []
     memory: dict[str, tuple[float, str]] = {}
@@ -403,7 +411,7 @@ def run_group(
                 method = "rss_subprocess" + ("" if result["exact_reset"] else "_maxrss")
                 memory[m.variant] = (result["peak_mem_mb"], method)
             except Exception as err:
-                rows[m.variant] = _row(m, classify_error(err), f"{type(err).__name__}: {err}")
+                rows[m.variant] = _row(m, classify_error(err), describe_error(err))
                 progress(1)
                 continue
             progress(1)
@@ -416,7 +424,7 @@ def run_group(
                 setup, get_backend(m.backend), m.quantity, device, options.seed
             )
         except Exception as err:
-            rows[m.variant] = _row(m, classify_error(err), f"{type(err).__name__}: {err}")
+            rows[m.variant] = _row(m, classify_error(err), describe_error(err))
     result = interleaved_times(
         {name: _timed_call(step, batches) for name, step in steps.items()},
         options.rounds,
@@ -430,7 +438,7 @@ def run_group(
         failed.clear()
         failed.close()
         m = next(x for x in runnable if x.variant == name)
-        rows[name] = _row(m, classify_error(err), f"{type(err).__name__}: {err}")
+        rows[name] = _row(m, classify_error(err), describe_error(err))
 
     if options.memory and device.type == "cuda":
         for name, step in steps.items():

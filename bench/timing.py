@@ -230,16 +230,30 @@ def _rss_worker(
     return {"peak_mem_mb": max(peak_rss_mb() - base, 0.0), "exact_reset": exact}
 
 
+class SubprocessError(RuntimeError):
+    """A failure in a measuring process, carried back as text plus its exception type names.
+
+    Exceptions are not sent as objects: they may reference tensors or modules (shared through
+    file descriptors that vanish with the child). ``type_names`` holds the class names of the
+    original exception's MRO, so callers can still classify it (e.g. out-of-memory).
+    """
+
+    def __init__(self, type_names: Sequence[str], message: str):
+        self.type_names = tuple(type_names)
+        super().__init__(f"{self.type_names[0]}: {message}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.type_names, str(self).split(": ", 1)[-1]))
+
+
 def _rss_entry(conn: Any, factory: StepFactory, steps: int, threads: int, cap_mb: float | None):
-    """Child entry: send ``("ok", result)`` or ``("error", exception)`` through ``conn``."""
+    """Child entry: send ``("ok", result)`` or ``("error", (type names, message))``."""
     try:
         payload: tuple[str, Any] = ("ok", _rss_worker(factory, steps, threads, cap_mb))
-    except BaseException as err:  # report every failure to the parent
-        payload = ("error", err)
+    except BaseException as err:  # report every failure to the parent, as plain text
+        payload = ("error", ([c.__name__ for c in type(err).__mro__], str(err)))
     try:
         conn.send(payload)
-    except Exception:  # an unpicklable exception: send its text
-        conn.send(("error", RuntimeError(f"{type(payload[1]).__name__}: {payload[1]}")))
     finally:
         conn.close()
 
@@ -281,8 +295,9 @@ def subprocess_peak_rss_mb(
         ``{"peak_mem_mb": float, "exact_reset": bool}``.
 
     Raises:
-        Whatever the step raised in the child (re-raised here), ``MemoryError`` when the child
-        died (e.g. killed by the kernel's OOM killer), ``TimeoutError`` past ``timeout_s``.
+        SubprocessError: what the step raised in the child (type names and message).
+        MemoryError: the child was killed (SIGKILL, e.g. by the kernel's OOM killer).
+        TimeoutError: past ``timeout_s``.
 
     """
     threads = threads or torch.get_num_threads()
@@ -308,5 +323,5 @@ def subprocess_peak_rss_mb(
         receiver.close()
     proc.join()
     if status == "error":
-        raise value
+        raise SubprocessError(*value)
     return value

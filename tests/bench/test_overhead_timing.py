@@ -109,3 +109,18 @@ def test_statistics_quantiles_inclusive_is_numpy_linear():
     values = [1.0, 2.0, 4.0, 8.0, 9.0]
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
     assert (q1, q3) == tuple(np.percentile(values, [25, 75]))
+
+
+def test_subprocess_errors_come_back_as_text_with_their_type_names():
+    with pytest.raises(timing.SubprocessError) as info:
+        timing.subprocess_peak_rss_mb(functools.partial(functools.partial, torch.ones, -1))
+    assert "RuntimeError" in info.value.type_names and "negative" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("names", "status"),
+    [(["MemoryBudgetError", "ExtensionError"], "oom"), (["UnsupportedModuleError"], "unsupported")],
+    ids=["budget", "unsupported"],
+)
+def test_subprocess_errors_are_classified_by_their_original_type(names, status):
+    assert classify_error(timing.SubprocessError(names, "message")) == status
