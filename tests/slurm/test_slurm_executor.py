@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 import torch
@@ -64,6 +65,14 @@ def reference_rows(runs: list[RunConfig], tmp_path) -> dict[str, list[dict[str, 
     finally:
         torch.set_num_threads(threads)
     return {run.run_id: comparable(store.read_rows(run.run_id)) for run in runs}
+
+
+def reference_in_background(runs: list[RunConfig], tmp_path) -> Future:
+    """:func:`reference_rows` in a thread, to overlap with the cluster's waits (requeue delay)."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(reference_rows, runs, tmp_path)
+    pool.shutdown(wait=False)
+    return future
 
 
 class RunningSampler:
@@ -144,6 +153,7 @@ def test_job_array_respects_the_cap_and_fills_the_store(slurm_cluster, tmp_path)
     executor = SlurmExecutor(
         cpus_per_task=1, array_parallelism=1, time_min=60, poll_s=0.5, progress=False
     )
+    expected = reference_in_background([good], tmp_path)
     with RunningSampler(slurm_cluster) as sampler:
         executor.run([good, bad], store)
 
@@ -152,7 +162,7 @@ def test_job_array_respects_the_cap_and_fills_the_store(slurm_cluster, tmp_path)
     assert store.is_done(good.run_id)
     rows = comparable(store.read_rows(good.run_id))
     assert len(rows) == good.epochs + 1
-    assert rows == reference_rows([good], tmp_path)[good.run_id]
+    assert rows == expected.result()[good.run_id]
     assert "no_such_problem" in store.read_sidecar(bad.run_id)["error"]
     assert len(list((tmp_path / "store" / "slurm").glob("*_log.out"))) == 2  # logs in the store
     # A second run() finds the finished run done and submits nothing.
@@ -167,6 +177,7 @@ def test_preempted_runs_resume_from_their_checkpoint(slurm_cluster, tmp_path):
     executor = SlurmExecutor(
         cpus_per_task=1, array_parallelism=2, time_min=60, poll_s=0.5, progress=False
     )
+    expected = reference_in_background(runs, tmp_path)
     thread, errors = run_in_thread(executor, runs, store)
     wait_for(lambda: len(executor.task_ids) == 2, "the array's submission", slurm_cluster)
     tasks = [executor.task_ids[run.run_id] for run in runs]
@@ -191,9 +202,8 @@ def test_preempted_runs_resume_from_their_checkpoint(slurm_cluster, tmp_path):
 
     assert executor.outcomes == {run.run_id: "finished" for run in runs}
     assert [restarts(slurm_cluster, task) for task in tasks] == [1, 1]
-    expected = reference_rows(runs, tmp_path)
     for run in runs:
-        assert comparable(store.read_rows(run.run_id)) == expected[run.run_id]
+        assert comparable(store.read_rows(run.run_id)) == expected.result()[run.run_id]
         sidecar = store.read_sidecar(run.run_id)
         assert sidecar["status"] == "finished" and sidecar["attempts"] == 2
         (resumed,) = sidecar["resumed"]  # written by train_run when it restored a checkpoint
