@@ -180,7 +180,7 @@ def conv2d_quantities(
         return res
     cout, k = module.out_channels, module.weight[0].numel()
     grad = g.new_zeros(cout, k)
-    batch = g.new_empty(n, cout, k) if BATCH_GRAD in wanted else None
+    batch = per_sample.empty_large((n, cout, k), g) if BATCH_GRAD in wanted else None
     norms = g.new_empty(n) if BATCH_L2 in wanted else None
     sum_sq = g.new_zeros(cout, k) if (SUM_GRAD_SQUARED in wanted or VARIANCE in wanted) else None
     for start, stop, block in per_sample.conv2d_weight_chunks(x, g, module):
