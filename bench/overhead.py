@@ -20,7 +20,7 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,6 @@ class PlanOptions:
     modes: Sequence[str] = ("clean",)
     device: str = "cpu"
     c_column_batch_size: int | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def default_plan(options: PlanOptions) -> list[Measurement]:
