@@ -102,17 +102,24 @@ def dropout_derivative(rec: Record) -> Tensor:
     return mask if scaled else mask / (1 - module.p)
 
 
+def relu_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """Zero the columns where the input was not positive (one fused pass, no float mask)."""
+    return torch.where(rec.input > 0, mat, 0.0)
+
+
 def _elementwise_rule(
-    derivative: Callable[[Record], Tensor], second: SecondDerivative | None = None
+    derivative: Callable[[Record], Tensor],
+    second: SecondDerivative | None = None,
+    jac_t: JacT | None = None,
 ) -> ModuleRule:
-    def jac_t(rec: Record, mat: Tensor) -> Tensor:
+    def default_jac_t(rec: Record, mat: Tensor) -> Tensor:
         return mat * derivative(rec).unsqueeze(0)
 
     def kfra(rec: Record, g: Tensor) -> Tensor:
         d = derivative(rec).flatten(1)  # [N, h]
         return g * (d.t() @ d) / d.shape[0]
 
-    return ModuleRule(jac_t=jac_t, kfra=kfra, second_derivative=second)
+    return ModuleRule(jac_t=jac_t or default_jac_t, kfra=kfra, second_derivative=second)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +271,7 @@ def _identity_jac_t(rec: Record, mat: Tensor) -> Tensor:
     return mat
 
 
-_RELU = _elementwise_rule(relu_derivative)
+_RELU = _elementwise_rule(relu_derivative, jac_t=relu_jac_t)
 _SIGMOID = _elementwise_rule(sigmoid_derivative, sigmoid_second_derivative)
 _TANH = _elementwise_rule(tanh_derivative, tanh_second_derivative)
 _DROPOUT = _elementwise_rule(dropout_derivative)

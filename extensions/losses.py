@@ -123,7 +123,7 @@ def sqrt_hessian(loss: LossRecord) -> Tensor:
 def sqrt_hessian_sampled(loss: LossRecord, mc_samples: int) -> Tensor:
     """Monte-Carlo factor of the loss Hessian, ``[M, N, C]``, drawn from the global RNG.
 
-    Cross-entropy: ``(p - onehot(y_hat)) / sqrt(M)`` with ``y_hat ~ Categorical(logits=f)``;
+    Cross-entropy: ``(p - onehot(y_hat)) / sqrt(M)`` with ``y_hat ~ Categorical(softmax(f))``;
     MSE: ``2 (y_hat - f) / sqrt(M)`` with ``y_hat ~ Normal(f, sqrt(1/2))``. Both divided by
     ``sqrt`` of :func:`mean_normalization` (BackPACK 1.7.1's ``_sqrt_hessian_sampled``, same draws).
 
@@ -145,7 +145,7 @@ def sqrt_hessian_sampled(loss: LossRecord, mc_samples: int) -> Tensor:
         grads = 2 * (samples - f.unsqueeze(0))
     else:
         p = torch.softmax(f, dim=1)
-        labels = Categorical(logits=f).sample(torch.Size([mc_samples]))  # [M, N]
+        labels = Categorical(probs=p).sample(torch.Size([mc_samples]))  # [M, N], as BackPACK
         onehot = nn.functional.one_hot(labels, num_classes=f.shape[1]).to(f.dtype)
         grads = p.unsqueeze(0) - onehot
     return grads / math.sqrt(mc_samples * mean_normalization(loss))
