@@ -215,7 +215,10 @@ def fig3(df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean") -> list[P
                 linestyle="--" if backend == "pytorch" else "-",
                 label=BACKEND_LABELS[backend],
             )
+        sizes = sorted(int(n) for n in panel["batch_size"].unique())
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_xlabel("batch size N")
         ax.set_title(PROBLEM_LABELS.get(problem, problem), fontsize=7)
