@@ -203,6 +203,8 @@ class Session:
         if torch.is_grad_enabled():
             self.trace.records = []
             self.trace.loss = None
+            self._finish_queued = False  # in case a failed backward never ran the callback
+            self._batch_bytes = 0
 
     def _on_model_end(self, module: nn.Module, args: Any, output: Any) -> None:
         if torch.is_grad_enabled():

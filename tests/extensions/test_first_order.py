@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import extensions
@@ -219,3 +220,31 @@ def test_linear_kernels(shape, v):
 def test_rows_must_be_a_multiple_of_the_batch():
     with pytest.raises(ValueError, match="multiple of the batch size"):
         per_sample.linear_weight(torch.zeros(4, 3), torch.zeros(5, 2))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last", "batch-slice"])
+@pytest.mark.parametrize("make,size", [c[1:] for c in CONVS], ids=[c[0] for c in CONVS])
+def test_strided_unfold_equals_f_unfold(make, size, layout):
+    conv = make()
+    x = torch.randn(6, conv.in_channels, size, size)
+    ref = F.unfold(
+        F.pad(x, conv._reversed_padding_repeated_twice) if isinstance(conv.padding, str) else x,
+        conv.kernel_size,
+        dilation=conv.dilation,
+        padding=0 if isinstance(conv.padding, str) else conv.padding,
+        stride=conv.stride,
+    )
+    if layout == "channels-last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "batch-slice":
+        x, ref = x[2:5], ref[2:5]
+    assert torch.equal(per_sample.conv2d_unfold(x, conv), ref)
+
+
+@pytest.mark.parametrize("numel", [10, 2**22], ids=["small", "huge-page-sized"])
+def test_empty_large_is_an_ordinary_buffer(numel):
+    like = torch.zeros(1, dtype=torch.float64)
+    out = per_sample.empty_large((numel,), like)
+    assert out.shape == (numel,) and out.dtype == torch.float64 and out.device == like.device
+    out.fill_(2.0)
+    assert out.sum().item() == 2.0 * numel
