@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+import extensions
 from extensions.errors import UnsupportedModuleError
 from extensions.second_order import check_supported, compute_second_order
 from extensions.trace import LossRecord, Record, Trace
@@ -203,6 +204,17 @@ def _setup(net, loss, batch_size=3, eval_mode=False):
     return model, loss_fn, x, y, rng, trace
 
 
+def ours(model, loss_fn, x, y, rng, quantities, memory_budget=None) -> dict:
+    """The real path: ``extensions.compute`` (hooks + trace + compute_second_order).
+
+    The RNG is reset to ``rng`` first so dropout draws the same masks as the oracles.
+    """
+    if rng is not None:
+        torch.set_rng_state(rng)
+    kwargs = {} if memory_budget is None else {"memory_budget": memory_budget}
+    return extensions.compute(model, loss_fn, x, y, list(quantities), **kwargs)
+
+
 def _close(a: Tensor, b: Tensor, what: str) -> None:
     torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10, msg=lambda m: f"{what}: {m}")
 
@@ -211,7 +223,7 @@ def _close(a: Tensor, b: Tensor, what: str) -> None:
 @pytest.mark.parametrize("net", NET_CASES, ids=lambda c: c.id)
 def test_diag_ggn_exact(net, loss):
     model, loss_fn, x, y, rng, trace = _setup(net, loss)
-    res = compute_second_order(trace, ["DiagGGNExact"])["DiagGGNExact"]
+    res = ours(model, loss_fn, x, y, rng, ["DiagGGNExact"])["DiagGGNExact"]
     ggn = ggn_diagonal(model, loss_fn, x, y, rng)
     assert set(res) == set(ggn)
     for name in ggn:
@@ -232,7 +244,7 @@ PAIRED_IDS = [f"{net.id}-{loss.id}" for net, loss in PAIRED]
 def test_diag_hessian(net, loss):
     """Nets with sigmoid/tanh (nonzero residuals); eval mode so torch.func.hessian is exact."""
     model, loss_fn, x, y, rng, trace = _setup(net, loss, eval_mode=True)
-    res = compute_second_order(trace, ["DiagHessian"])["DiagHessian"]
+    res = ours(model, loss_fn, x, y, rng, ["DiagHessian"])["DiagHessian"]
     hess = hessian_diagonal(model, loss_fn, x, y, rng)
     assert set(res) == set(hess)
     for name in hess:
@@ -243,7 +255,7 @@ def test_diag_hessian_train_mode_dropout_and_relu_net():
     """Train-mode dropout net (tanh before dropout): double-backward Hessian diagonal."""
     net = next(c for c in NET_CASES if c.id == "mlp-tanh-dropout-nobias")
     model, loss_fn, x, y, rng, trace = _setup(net, LOSS_CASES[0])
-    res = compute_second_order(trace, ["DiagHessian"])["DiagHessian"]
+    res = ours(model, loss_fn, x, y, rng, ["DiagHessian"])["DiagHessian"]
     f, flat, params = _functional(model, x, rng)
     flat = flat.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(loss_fn(f(flat), y), flat, create_graph=True)
@@ -258,7 +270,7 @@ def test_diag_hessian_residuals_are_nonzero_on_sigmoid_net():
     """Guard: on a sigmoid net the Hessian diagonal differs from the GGN diagonal."""
     net = next(c for c in NET_CASES if c.id == "mlp-sigmoid")
     model, loss_fn, x, y, rng, trace = _setup(net, LOSS_CASES[0])
-    res = compute_second_order(trace, ["DiagGGNExact", "DiagHessian"])
+    res = ours(model, loss_fn, x, y, rng, ["DiagGGNExact", "DiagHessian"])
     diff = (res["DiagHessian"]["1.weight"] - res["DiagGGNExact"]["1.weight"]).abs().max()
     assert diff > 1e-4
 
@@ -266,7 +278,7 @@ def test_diag_hessian_residuals_are_nonzero_on_sigmoid_net():
 @pytest.mark.parametrize(("net", "loss"), PAIRED, ids=PAIRED_IDS)
 def test_kflr_factors(net, loss):
     model, loss_fn, x, y, rng, trace = _setup(net, loss)
-    res = compute_second_order(trace, ["KFLR"])["KFLR"]
+    res = ours(model, loss_fn, x, y, rng, ["KFLR"])["KFLR"]
     for rec in trace.records:
         m = rec.module
         if not isinstance(m, nn.Linear | nn.Conv2d):
@@ -285,7 +297,7 @@ def test_kflr_factors(net, loss):
 def test_kfra_recursion(net, loss):
     """Eval mode (dropout = identity) so the dense module Jacobians are deterministic."""
     model, loss_fn, x, y, rng, trace = _setup(net, loss, eval_mode=True)
-    res = compute_second_order(trace, ["KFRA", "KFLR"])
+    res = ours(model, loss_fn, x, y, rng, ["KFRA", "KFLR"])
     ref = kfra_factors(trace)
     last = max(ref)
     for rec in trace.records:
@@ -302,9 +314,9 @@ def test_quantities_together_equal_separately():
     """Sharing the exact stream / A factors does not change values."""
     net = next(c for c in NET_CASES if c.id == "mini-3c3d")
     model, loss_fn, x, y, rng, trace = _setup(net, LOSS_CASES[0], batch_size=4)
-    together = compute_second_order(trace, list(QUANTITIES))
+    together = ours(model, loss_fn, x, y, rng, QUANTITIES)
     for q in QUANTITIES:
-        alone = compute_second_order(trace, [q])[q]
+        alone = ours(model, loss_fn, x, y, rng, [q])[q]
         for name, value in alone.items():
             if isinstance(value, list):
                 for a, b in zip(value, together[q][name]):
@@ -316,13 +328,14 @@ def test_quantities_together_equal_separately():
 def test_kfac_kflr_refuse_linear_with_3d_input():
     model = nn.Sequential(nn.Linear(4, 3), nn.Flatten(), nn.Linear(6, 2)).double()
     x = torch.randn(5, 2, 4, dtype=torch.float64)
-    trace = build_trace(model, nn.CrossEntropyLoss(), x, torch.randint(0, 2, (5,)))
+    y = torch.randint(0, 2, (5,))
+    rng = torch.get_rng_state()
     for q in ("KFAC", "KFLR", "KFRA"):
         with pytest.raises(UnsupportedModuleError, match="2-d inputs"):
-            compute_second_order(trace, [q])
+            ours(model, nn.CrossEntropyLoss(), x, y, rng, [q])
     # the diagonal quantities handle the 3-d input
-    res = compute_second_order(trace, ["DiagGGNExact"])["DiagGGNExact"]
-    ref = ggn_diagonal(model, nn.CrossEntropyLoss(), x, trace.loss.target, torch.get_rng_state())
+    res = ours(model, nn.CrossEntropyLoss(), x, y, rng, ["DiagGGNExact"])["DiagGGNExact"]
+    ref = ggn_diagonal(model, nn.CrossEntropyLoss(), x, y, rng)
     _close(res["0.weight"], ref["0.weight"], "3-d Linear input")
 
 
@@ -345,6 +358,10 @@ def test_unsupported_loss():
     trace = build_trace(model, nn.BCEWithLogitsLoss(), x, torch.rand(4, 2, dtype=torch.float64))
     with pytest.raises(UnsupportedModuleError, match="CrossEntropyLoss, MSELoss"):
         compute_second_order(trace, ["KFLR"])
+    with pytest.raises(Exception, match="BCEWithLogitsLoss"):
+        ours(
+            model, nn.BCEWithLogitsLoss(), x, torch.rand(4, 2, dtype=torch.float64), None, ["KFLR"]
+        )
 
 
 def test_unknown_quantity_lists_valid_names():

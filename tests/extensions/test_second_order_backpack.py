@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import extensions
 from extensions.errors import MemoryBudgetError
 from extensions.second_order import compute_second_order
 from tests.extensions.test_second_order import build_trace
@@ -64,8 +65,7 @@ def _problem(name: str, batch_size: int = 2):
 
 def _ours(model, loss_fn, x, y, quantity):
     torch.manual_seed(7)
-    trace = build_trace(model, loss_fn, x, y)
-    return compute_second_order(trace, [quantity])[quantity]
+    return extensions.compute(model, loss_fn, x, y, [quantity])[quantity]
 
 
 def _backpack(model, loss_fn, x, y, quantity):
