@@ -87,6 +87,9 @@ def dropout_derivative(rec: Record) -> Tensor:
     scaled by ``1 / (1 - p)``; a float mask already holding ``0`` and ``1/(1-p)`` is used as is.
     """
     module = rec.module
+    cached = rec.extra.get("_multiplier")
+    if cached is not None:
+        return cached
     if not module.training or module.p == 0:
         return torch.ones_like(rec.input)
     mask = rec.extra.get("mask")
@@ -105,6 +108,18 @@ def dropout_derivative(rec: Record) -> Tensor:
 def relu_jac_t(rec: Record, mat: Tensor) -> Tensor:
     """Zero the columns where the input was not positive (one fused pass, no float mask)."""
     return torch.where(rec.input > 0, mat, 0.0)
+
+
+def prepare(rec: Record) -> None:
+    """Precompute per-record state once (dropout multiplier, max-pool argmax) into ``rec.extra``.
+
+    Tensors stored there have the batch as leading dimension, so sample-chunk views slice them,
+    and the rules do no host synchronisation per chunk.
+    """
+    if isinstance(rec.module, nn.Dropout):
+        rec.extra["_multiplier"] = dropout_derivative(rec)
+    elif isinstance(rec.module, nn.MaxPool2d):
+        maxpool2d_indices(rec)
 
 
 def _elementwise_rule(

@@ -172,6 +172,8 @@ class _Engine:
     def __init__(self, trace: Trace, memory_budget: int):
         self.trace = trace
         self.views = [_view(r) for r in trace.records]
+        for view in self.views:
+            derivatives.prepare(view)
         self.budget = int(memory_budget)
         self.names = trace.param_names
         self.n = trace.loss.input.shape[0]

@@ -239,8 +239,14 @@ PAIRED = [(net, LOSS_CASES[0]) for net in NET_CASES] + [
 PAIRED_IDS = [f"{net.id}-{loss.id}" for net, loss in PAIRED]
 
 
-@pytest.mark.parametrize("loss", LOSS_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("net", CURVED_NETS, ids=lambda c: c.id)
+CURVED_PAIRED = [(net, loss) for net in CURVED_NETS for loss in LOSS_CASES[:2]] + [
+    (net, LOSS_CASES[2 + i % 2]) for i, net in enumerate(CURVED_NETS)
+]
+
+
+@pytest.mark.parametrize(
+    ("net", "loss"), CURVED_PAIRED, ids=[f"{n.id}-{loss.id}" for n, loss in CURVED_PAIRED]
+)
 def test_diag_hessian(net, loss):
     """Nets with sigmoid/tanh (nonzero residuals); eval mode so torch.func.hessian is exact."""
     model, loss_fn, x, y, rng, trace = _setup(net, loss, eval_mode=True)
@@ -293,7 +299,11 @@ def test_kflr_factors(net, loss):
             _close(res[rec.name + ".bias"][0], b, f"KFLR bias {rec.name}")
 
 
-@pytest.mark.parametrize(("net", "loss"), PAIRED, ids=PAIRED_IDS)
+#: each net once, the losses cycling (KFRA's dense oracle is the slowest)
+CYCLED = [(net, LOSS_CASES[i % 4]) for i, net in enumerate(NET_CASES)]
+
+
+@pytest.mark.parametrize(("net", "loss"), CYCLED, ids=[f"{n.id}-{loss.id}" for n, loss in CYCLED])
 def test_kfra_recursion(net, loss):
     """Eval mode (dropout = identity) so the dense module Jacobians are deterministic."""
     model, loss_fn, x, y, rng, trace = _setup(net, loss, eval_mode=True)
