@@ -169,7 +169,9 @@ EXPLANATIONS = """\
 - **Device and timing protocol.** The paper timed on a GPU, and each timed call built a fresh
   DataLoader iterator and augmented the batch on the CPU (spec §4.4). That fixed cost sits in the
   gradient reference as well and compresses every ratio towards 1. `clean` mode excludes data
-  loading, so its ratios are larger; `paper` mode reproduces the per-step fetch + augment.
+  loading, so its ratios are larger; `paper` mode reproduces the per-step fetch + augment, but
+  with this suite's on-device augmentation (`sample_train_batch()`), not a CPU DataLoader, so on
+  a GPU its loading share is smaller than the paper's.
 - **CPU vs GPU.** On a 2-core CPU the extra work of a quantity (unfolded inputs, per-sample
   contractions) is not hidden by idle parallel hardware as on a GPU, so first-order ratios on
   CPU are several times the paper's (compare the spec §5 column: BackPACK's own ratios on this
