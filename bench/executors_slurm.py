@@ -244,7 +244,9 @@ class SlurmExecutor:
             ``<store>/slurm``.
         setup: shell lines run in the batch script before the task (``module load ...``).
         slurm_args: further ``sbatch`` options, e.g. ``{"qos": "low", "account": "lab"}``.
-        poll_s: seconds between checks for ended tasks.
+        poll_s: seconds between checks of the tasks' result files.
+        state_poll_s: at most this many seconds between two ``sacct``/``squeue`` calls (how
+            soon a task that SLURM killed is noticed); submitit's backoff starts at 2 s.
         results_timeout_s: how long to wait for a vanished task's result file (slow shared
             file systems) before calling it failed.
         progress: show a tqdm progress bar.
@@ -266,6 +268,7 @@ class SlurmExecutor:
         setup: Sequence[str] = (),
         slurm_args: Mapping[str, Any] | None = None,
         poll_s: float = 2.0,
+        state_poll_s: float = 60.0,
         results_timeout_s: float = 15.0,
         progress: bool = True,
     ):
@@ -296,6 +299,10 @@ class SlurmExecutor:
         self.setup = list(setup)
         self.slurm_args = dict(slurm_args or {})
         self.poll_s = poll_s
+        # A watcher of its own: its refresh period, and no state cached from other executors.
+        self._job_class: type[TrackedJob] = type(
+            "TrackedJob", (TrackedJob,), {"watcher": QueueWatcher(delay_s=state_poll_s)}
+        )
         self.results_timeout_s = results_timeout_s
         self.progress = progress
         #: Run id -> final status of the last :meth:`run` (``finished``, ``failed``, ...).
@@ -341,7 +348,11 @@ class SlurmExecutor:
                 ResumableRun(), [job.to_dict() for job in chunk], [str(store.root)] * len(chunk)
             )
             for sub in submitted:
-                job = TrackedJob(folder=submitter.folder, job_id=sub.job_id, tasks=[0])
+                # Forget an earlier job with this id (a controller restarted with a clean
+                # state numbers jobs from 1 again).
+                self._job_class.watcher._finished.discard(sub.job_id)
+                self._job_class.watcher._info_dict.pop(sub.job_id, None)
+                job = self._job_class(folder=submitter.folder, job_id=sub.job_id, tasks=[0])
                 job._results_timeout_s = self.results_timeout_s
                 tracked.append(job)
         return tracked

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -137,6 +137,13 @@ def epochs_done(store: RunStore, run: RunConfig) -> int:
     return int(sidecar.get("epochs_done", 0))
 
 
+def kill_run_process(store: RunStore, run: RunConfig) -> None:
+    """SIGKILL the process training ``run`` (its pid is in the run's lock; same machine)."""
+    host, pid = store.lock_path(run.run_id).read_text().split()
+    assert host == socket.gethostname()
+    os.kill(int(pid), signal.SIGKILL)
+
+
 def submitit_job(store: RunStore, task_id: str) -> TrackedJob:
     """The submitit handle of a task the executor submitted (its logs are in ``<store>/slurm``)."""
     return TrackedJob(folder=store.root / "slurm", job_id=task_id, tasks=[0])
@@ -151,7 +158,12 @@ def test_job_array_respects_the_cap_and_fills_the_store(slurm_cluster, tmp_path)
     store = RunStore(tmp_path / "store")
     # One CPU per task on a two-CPU node: without the cap, both tasks would run at once.
     executor = SlurmExecutor(
-        cpus_per_task=1, array_parallelism=1, time_min=60, poll_s=0.5, progress=False
+        cpus_per_task=1,
+        array_parallelism=1,
+        time_min=60,
+        poll_s=0.5,
+        state_poll_s=2,
+        progress=False,
     )
     expected = reference_in_background([good], tmp_path)
     with RunningSampler(slurm_cluster) as sampler:
@@ -175,7 +187,12 @@ def test_preempted_runs_resume_from_their_checkpoint(slurm_cluster, tmp_path):
     runs = [tiny_run(seed=4, epochs=EPOCHS_PREEMPT), tiny_run(seed=5, epochs=EPOCHS_PREEMPT)]
     store = RunStore(tmp_path / "store")
     executor = SlurmExecutor(
-        cpus_per_task=1, array_parallelism=2, time_min=60, poll_s=0.5, progress=False
+        cpus_per_task=1,
+        array_parallelism=2,
+        time_min=60,
+        poll_s=0.5,
+        state_poll_s=2,
+        progress=False,
     )
     expected = reference_in_background(runs, tmp_path)
     thread, errors = run_in_thread(executor, runs, store)
@@ -194,8 +211,7 @@ def test_preempted_runs_resume_from_their_checkpoint(slurm_cluster, tmp_path):
     # Task 1: a hard preemption: requeued and killed at once (no grace time, no checkpoint()).
     # SLURM itself would SIGKILL only seconds later, and submitit ignores the SIGTERM before.
     slurm_cluster.scontrol("requeue", tasks[1])
-    _host, pid = store.lock_path(runs[1].run_id).read_text().split()
-    os.kill(int(pid), signal.SIGKILL)
+    kill_run_process(store, runs[1])
     thread.join(timeout=120)
     assert not thread.is_alive(), slurm_cluster.logs()
     assert not errors, errors
@@ -210,15 +226,22 @@ def test_preempted_runs_resume_from_their_checkpoint(slurm_cluster, tmp_path):
         assert resumed["from_epoch"] >= saved[run.run_id] >= 1
 
 
-def test_task_killed_by_slurm_is_reported_failed(slurm_cluster, tmp_path):
+def test_task_killed_mid_run_is_reported_failed(slurm_cluster, tmp_path):
     run = tiny_run(seed=6, epochs=EPOCHS_PREEMPT)
     store = RunStore(tmp_path / "store")
     executor = SlurmExecutor(
-        cpus_per_task=1, time_min=60, poll_s=0.5, results_timeout_s=1, progress=False
+        cpus_per_task=1,
+        time_min=60,
+        poll_s=0.5,
+        state_poll_s=2,
+        results_timeout_s=1,
+        progress=False,
     )
     thread, errors = run_in_thread(executor, [run], store)
     wait_for(lambda: store.status(run.run_id) == "running", "the run to start", slurm_cluster)
-    subprocess.run(["scancel", executor.task_ids[run.run_id]], check=True)
+    # The kernel's out-of-memory killer: SIGKILL to the training process. (scancel would send
+    # SIGTERM, which submitit ignores, and SIGKILL only seconds later: the tiny run could end.)
+    kill_run_process(store, run)
     thread.join(timeout=60)
     assert not thread.is_alive() and not errors, errors
     assert executor.outcomes == {run.run_id: "failed"}
