@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -314,3 +314,132 @@ class RunStore:
                         path.unlink()
             return
         yield False
+
+
+# --------------------------------------------------------------------------------------------
+# status, results and selection
+# --------------------------------------------------------------------------------------------
+
+#: Columns of :func:`status_table`.
+STATUS_COLUMNS = ("problem", "method", "expected", *STATUSES)
+
+
+def status_table(jobs: Sequence[RunConfig], store: RunStore) -> list[dict[str, Any]]:
+    """Count the jobs per (problem, method) by status (expected, pending, running, ...).
+
+    Args:
+        jobs: the runs the sweep expects (duplicates by run_id are counted once).
+        store: the run store.
+
+    Returns:
+        One dict per (problem, method), in first-seen order, with :data:`STATUS_COLUMNS`.
+
+    """
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: set[str] = set()
+    for job in jobs:
+        if job.run_id in seen:
+            continue
+        seen.add(job.run_id)
+        key = (job.problem, job.method)
+        row = table.setdefault(
+            key,
+            {"problem": job.problem, "method": job.method, "expected": 0}
+            | dict.fromkeys(STATUSES, 0),
+        )
+        row["expected"] += 1
+        row[store.status(job.run_id)] += 1
+    return list(table.values())
+
+
+def final_row(store: RunStore, run_id: str) -> dict[str, str] | None:
+    """Return the last evaluation row of a run (``None`` without rows)."""
+    rows = store.read_rows(run_id)
+    return rows[-1] if rows else None
+
+
+def _final_valid_acc(store: RunStore, run_id: str) -> float:
+    """Return the final validation accuracy; diverged / empty runs rank last (``-inf``)."""
+    sidecar = store.read_sidecar(run_id) or {}
+    row = final_row(store, run_id)
+    if sidecar.get("status") != "finished" or row is None or row.get("valid_acc") in ("", None):
+        return float("-inf")
+    return float(row["valid_acc"])
+
+
+def best_settings(
+    grid_jobs: Sequence[RunConfig], store: RunStore
+) -> dict[tuple[str, str], RunConfig | None]:
+    """Pick, per (problem, method), the grid run with the best final validation accuracy.
+
+    DeepOBS ranking ``mode="final"``, ``metric="valid_accuracies"`` (``gridsearch.md`` §5.3).
+    Diverged runs rank last. A (problem, method) whose grid is not done yet, or whose runs all
+    diverged, maps to ``None``. Ties go to the first run in grid order.
+
+    Args:
+        grid_jobs: the grid runs (one seed).
+        store: the run store.
+
+    Returns:
+        ``{(problem, method): best grid RunConfig or None}``.
+
+    """
+    groups: dict[tuple[str, str], list[RunConfig]] = {}
+    for job in grid_jobs:
+        groups.setdefault((job.problem, job.method), []).append(job)
+    best: dict[tuple[str, str], RunConfig | None] = {}
+    for key, jobs in groups.items():
+        if not all(store.is_done(job.run_id) for job in jobs):
+            best[key] = None
+            continue
+        scores = [_final_valid_acc(store, job.run_id) for job in jobs]
+        top = max(range(len(jobs)), key=lambda i: (scores[i], -i))
+        best[key] = jobs[top] if scores[top] > float("-inf") else None
+    return best
+
+
+def seed_runs(
+    best: dict[tuple[str, str], RunConfig | None], seeds: Sequence[int] = BEST_SEEDS
+) -> list[RunConfig]:
+    """Return the reruns of every chosen setting with ``seeds`` (the grid seed's run is reused)."""
+    return [cfg.with_seed(s) for cfg in best.values() if cfg is not None for s in seeds]
+
+
+def load_runs(store: RunStore, run_ids: Iterable[str] | None = None):
+    """Load every run's rows with its sidecar fields as one pandas DataFrame.
+
+    Args:
+        store: the run store.
+        run_ids: restrict to these runs (default: every run with a sidecar).
+
+    Returns:
+        The rows (:data:`bench.spec.GRIDSEARCH_COLUMNS`, numeric) plus ``status``, ``source``,
+        ``epochs``, ``batch_size``, ``options`` (canonical JSON) and ``final`` (the last row).
+
+    """
+    import pandas as pd
+
+    frames = []
+    for run_id in run_ids if run_ids is not None else store.run_ids():
+        sidecar = store.read_sidecar(run_id)
+        rows = store.read_rows(run_id)
+        if sidecar is None or not rows:
+            continue
+        frame = pd.DataFrame(rows, columns=list(GRIDSEARCH_COLUMNS))
+        identity = sidecar.get("identity", {})
+        frame["status"] = sidecar.get("status")
+        frame["source"] = identity.get("source")
+        frame["epochs"] = identity.get("epochs")
+        frame["batch_size"] = identity.get("batch_size")
+        frame["options"] = json.dumps(identity.get("options", {}), sort_keys=True)
+        frame["final"] = False
+        frame.loc[frame.index[-1], "final"] = True
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(
+            columns=[*GRIDSEARCH_COLUMNS, "status", "source", "epochs", "batch_size", "options"]
+        )
+    table = pd.concat(frames, ignore_index=True)
+    numeric = [c for c in GRIDSEARCH_COLUMNS if c not in ("run_id", "problem", "method")]
+    table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
+    return table

@@ -308,6 +308,13 @@ def train_run(config: RunConfig, store: RunStore, *, problem: Any | None = None)
     base.setdefault("started_at", _now())
     base["attempts"] = int(base.get("attempts", 0)) + 1
     base.setdefault("environment", collect_environment(run.device))
+    base.setdefault("hosts", []).append(
+        {
+            "at": _now(),
+            "pid": os.getpid(),
+            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+    )
     if resumed:
         base.setdefault("resumed", []).append({"at": _now(), "from_epoch": run.epoch})
     if not resumed:
