@@ -113,7 +113,7 @@ def heatmaps(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> list[Path]
         sns.heatmap(
             pivot,
             annot=True,
-            fmt=".2f",
+            fmt=".3f",
             cmap="viridis",
             ax=ax,
             cbar_kws={"label": "final valid acc"},
@@ -151,13 +151,15 @@ def _quartile_curves(runs: pd.DataFrame, column: str) -> pd.DataFrame:
 def learning_curves(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> list[Path]:
     """DeepOBS-style 4-panel learning curves of the best settings (median and quartiles)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from bench.overhead_figures import figsize, save
 
     paths = []
     for keys, picks in best.groupby(FAMILY, sort=True):
         family = dict(zip(FAMILY, keys))
-        fig, axes = plt.subplots(1, 4, figsize=figsize(1, 4))
+        fig, axes = plt.subplots(2, 2, figsize=figsize(2, 2), sharex=True)
+        axes = axes.ravel()
         for _, pick in picks.sort_values("method", key=lambda s: s.map(METHODS.index)).iterrows():
             runs = _setting_runs(table, pick)
             seeds = runs["seed"].nunique()
@@ -169,8 +171,12 @@ def learning_curves(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> lis
                         label=f"{pick['method']} ({seeds} seeds)")  # fmt: skip
                 ax.fill_between(curve.index, curve["q1"], curve["q3"], color=color, alpha=0.2)
                 ax.set_title(title)
-                ax.set_xlabel("epoch")
-        axes[0].legend(fontsize="x-small")
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in axes[2:]:
+            ax.set_xlabel("epoch")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="x-small")
         fig.suptitle(f"{family['problem']} ({family['source']}), best settings")
         paths += save(fig, plots, f"curves_{_label(family['problem'], family['source'])}")
     return paths

@@ -246,6 +246,58 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_steptime(args: argparse.Namespace) -> int:
+    """Print each optimizer's step time relative to SGD-momentum (one process, interleaved)."""
+    import torch
+
+    from bench.gridsearch_steptime import measure
+    from bench.results_io import atomic_write_csv
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = measure(
+        args.problems,
+        args.methods,
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        device=args.device or _default_device(),
+        backend=args.backend,
+    )
+    print(f"{'problem':18s} {'method':13s} {'ratio to SGD':>12s}  (median of {args.rounds})")
+    for r in rows:
+        print(f"{r['problem']:18s} {r['method']:13s} {r['ratio_to_sgd']:12.2f}")
+    if args.csv:
+        atomic_write_csv(args.csv, rows, list(rows[0]))
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    """Measure the local executor's runs/hour for several runs-per-slot values on this machine."""
+    import tempfile
+    import time
+
+    from bench.executors import LocalPoolExecutor
+
+    print(f"{'runs/slot':>9s} {'runs':>5s} {'wall s':>8s} {'runs/hour':>10s}")
+    for per_slot in args.runs_per_slot:
+        jobs = [
+            RunConfig(
+                "cifar10_3c3d", "Momentum", 1e-3 * (i + 1), None, epochs=args.epochs,
+                batch_size=32, source="synthetic", device="cpu",
+                options={"max_steps_per_epoch": args.steps,
+                         "data": {"n_train": 320, "n_test": 64, "train_eval_size": 64}},
+            )
+            for i in range(args.runs)
+        ]  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            LocalPoolExecutor(runs_per_slot=per_slot).run(jobs, RunStore(tmp))
+            wall = time.perf_counter() - start
+        print(f"{per_slot:9d} {len(jobs):5d} {wall:8.1f} {3600 * len(jobs) / wall:10.1f}")
+    return 0
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``gridsearch`` and its subcommands on the ``curvbench`` subparsers."""
     parser = subparsers.add_parser(
@@ -294,6 +346,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     best = sub.add_parser("best", help="the best setting per (problem, method)")
     add_sweep_arguments(best)
     best.set_defaults(gridsearch_func=cmd_best)
+
+    steptime = sub.add_parser(
+        "steptime",
+        help="step time of each optimizer relative to SGD-momentum (one process, interleaved)",
+    )
+    steptime.add_argument("--problems", nargs="+", default=list(DEFAULT_PROBLEMS))
+    steptime.add_argument(
+        "--methods",
+        nargs="+",
+        default=["Momentum", "Adam", "DiagGGNExact", "DiagGGNMC", "KFAC", "KFLR"],
+        choices=METHODS,
+        metavar="METHOD",
+        help="methods to time (default: all but KFRA, infeasible on CNNs)",
+    )
+    steptime.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
+    steptime.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    steptime.add_argument("--device", default=None, help="default: cuda if available")
+    steptime.add_argument("--backend", choices=("auto", "ours", "backpack"), default="auto")
+    steptime.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    steptime.add_argument("--csv", default=None, help="also write the rows to this CSV")
+    steptime.set_defaults(gridsearch_func=cmd_steptime)
+
+    throughput = sub.add_parser(
+        "throughput",
+        help="the local executor's runs/hour for 1, 2, 4 runs per slot (tiny synthetic runs)",
+    )
+    throughput.add_argument("--runs-per-slot", nargs="+", type=int, default=[1, 2, 4])
+    throughput.add_argument("--runs", type=int, default=8, help="runs per setting (8)")
+    throughput.add_argument("--epochs", type=int, default=1, help="epochs per run (1)")
+    throughput.add_argument("--steps", type=int, default=5, help="steps per epoch (5)")
+    throughput.set_defaults(gridsearch_func=cmd_throughput)
 
     smoke = sub.add_parser(
         "smoke",
