@@ -15,8 +15,10 @@ itself. Needs root (slurmd starts job steps as the submitting user) and Debian's
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -28,6 +30,8 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("munge", "sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
 #: Where Debian puts the daemons (often not on a normal user's PATH).
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 #: Seconds a requeued job waits before it may start again (SLURM's ``cred_expire``; default 120).
 REQUEUE_DELAY_S = 5
@@ -58,6 +62,12 @@ def why_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "starting a SLURM cluster needs root (slurmd runs jobs as the submitting user)"
     return None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_ports(count: int) -> list[int]:
@@ -203,6 +213,7 @@ class SingleNodeCluster:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self._procs.append(proc)
