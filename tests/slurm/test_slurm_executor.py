@@ -9,9 +9,11 @@ is checked separately: the resumed attempt starts at the checkpoint's epoch).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -86,8 +88,9 @@ class RunningSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            rows = self.cluster.squeue("-t", "RUNNING")
-            self.max_running = max(self.max_running, len(rows))
+            with contextlib.suppress(subprocess.SubprocessError):  # a busy controller: retry
+                rows = self.cluster.squeue("-t", "RUNNING")
+                self.max_running = max(self.max_running, len(rows))
             time.sleep(self.period_s)
 
     def __enter__(self) -> RunningSampler:
