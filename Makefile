@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format overhead overhead-table figures gridsearch gridsearch-smoke gate clean
+.PHONY: help install test test-slurm test-fast lint format overhead overhead-table figures gridsearch gridsearch-smoke gate clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ gridsearch: $(STAMP) ## the paper's full alpha/lambda grid (meant for CUDA; resu
 
 gridsearch-smoke: $(STAMP) ## a tiny grid on synthetic data, end to end, with a kill -9 and a resume
 	$(VENV)/bin/curvbench gridsearch smoke $(ARGS)
+
+test-slurm: $(STAMP) ## SLURM executor tests on a real one-node cluster (root; .ci/slurm-setup.sh first)
+	$(PY) -m pytest -q tests/slurm
 
 gate: $(STAMP) ## the CI timing-regression gate alone
 	$(PY) -m pytest -q -m timing
