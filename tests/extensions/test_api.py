@@ -355,3 +355,25 @@ def test_dropout_inside_second_order_context_matches_plain_forward():
         assert torch.equal(out, plain)
         loss_fn(out, y).backward()
     assert set(results["DiagGGNMC"]) == {n for n, _ in model.named_parameters()}
+
+
+@pytest.mark.parametrize("module", ["extensions", "extensions.api", "extensions.per_sample"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_context_recovers_after_a_failed_backward():
+    """A backward that raised (over budget) leaves the same context usable for the next one."""
+    model, loss_fn, x, y = problem(batch_size=6)
+    budget = 3 * 8 * sum(p.numel() for p in model.parameters())  # BatchGrad of 3 samples
+    with extensions.collect(model, loss_fn, "BatchGrad", memory_budget=budget) as results:
+        with pytest.raises(extensions.MemoryBudgetError):  # noqa: SIM117 - the context goes on
+            loss_fn(model(x), y).backward()
+        loss_fn(model(x[:3]), y[:3]).backward()
+    expected = individual_gradients(model, loss_fn, x[:3], y[:3])
+    for name, value in results["BatchGrad"].items():
+        torch.testing.assert_close(value, expected[name])
