@@ -183,11 +183,10 @@ def conv2d_quantities(
     batch = per_sample.empty_large((n, cout, k), g) if BATCH_GRAD in wanted else None
     norms = g.new_empty(n) if BATCH_L2 in wanted else None
     sum_sq = g.new_zeros(cout, k) if (SUM_GRAD_SQUARED in wanted or VARIANCE in wanted) else None
-    for start, stop, block in per_sample.conv2d_weight_chunks(x, g, module):
-        rows = block[0]  # [n, Cout, K]
+    out = None if batch is None else batch.unsqueeze(0)
+    for start, stop, block in per_sample.conv2d_weight_chunks(x, g, module, out=out):
+        rows = block[0]  # [n, Cout, K], already inside ``batch`` if that is wanted
         grad += rows.sum(0)
-        if batch is not None:
-            batch[start:stop] = rows
         if norms is not None or sum_sq is not None:
             squares = rows.square()
             if norms is not None:

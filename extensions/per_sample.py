@@ -196,12 +196,17 @@ def conv2d_chunk_size(x: Tensor, module: nn.Conv2d, g: Tensor) -> int:
 
 
 def conv2d_weight_chunks(
-    x: Tensor, g: Tensor, module: nn.Conv2d, chunk_size: int | None = None
+    x: Tensor,
+    g: Tensor,
+    module: nn.Conv2d,
+    chunk_size: int | None = None,
+    out: Tensor | None = None,
 ) -> Iterator[tuple[int, int, Tensor]]:
     """Per-row weight gradients in chunks of samples: yields ``(start, stop, [V, n, Cout, K])``.
 
     ``start:stop`` indexes samples (the chunk covers rows ``v*N + start:stop`` for every v),
-    ``K = Cin*kh*kw``. Peak extra memory is one chunk's unfolded input and result.
+    ``K = Cin*kh*kw``. Peak extra memory is one chunk's unfolded input and result. With ``out``
+    (``[V, N, Cout, K]``, contiguous) the blocks are written straight into it (no extra copy).
     """
     n = x.shape[0]
     v = _rows_per_sample(x, g)
@@ -209,8 +214,18 @@ def conv2d_weight_chunks(
     step = chunk_size or conv2d_chunk_size(x, module, g)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        unfolded = conv2d_unfold(x[start:stop], module)  # [n, K, T]
-        yield start, stop, torch.matmul(gv[:, start:stop], unfolded.transpose(1, 2))
+        unfolded = conv2d_unfold(x[start:stop], module).transpose(1, 2)  # [n, T, K]
+        if out is None:
+            yield start, stop, torch.matmul(gv[:, start:stop], unfolded)
+        elif v == 1:
+            block = out[:, start:stop]
+            torch.bmm(gv[0, start:stop], unfolded, out=block[0])
+            yield start, stop, block
+        else:
+            block = out[:, start:stop]
+            for i in range(v):
+                torch.bmm(gv[i, start:stop], unfolded, out=block[i])
+            yield start, stop, block
 
 
 def conv2d_weight(x: Tensor, g: Tensor, module: nn.Conv2d, chunk_size: int | None = None) -> Tensor:
@@ -226,8 +241,8 @@ def conv2d_weight(x: Tensor, g: Tensor, module: nn.Conv2d, chunk_size: int | Non
     n = x.shape[0]
     v = _rows_per_sample(x, g)
     out = empty_large((v, n, module.out_channels, module.weight[0].numel()), g)
-    for start, stop, block in conv2d_weight_chunks(x, g, module, chunk_size):
-        out[:, start:stop] = block
+    for _ in conv2d_weight_chunks(x, g, module, chunk_size, out=out):
+        pass
     return out.view(v * n, *module.weight.shape)
 
 
