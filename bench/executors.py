@@ -29,6 +29,7 @@ import multiprocessing as mp
 import os
 import traceback
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol, runtime_checkable
 
 from bench.sweep import RunConfig, RunStore
@@ -129,6 +130,8 @@ class LocalPoolExecutor:
         runs_per_slot: concurrent runs sharing one slot.
         gpus: GPU ids, one slot each (e.g. ``["0", "1"]``).
         threads_per_run: torch threads per run; default: the CPU cores split evenly.
+        max_crashes: a run whose worker process dies is requeued (and resumes from its
+            checkpoint) this many times before it counts as crashed.
 
     """
 
@@ -138,11 +141,13 @@ class LocalPoolExecutor:
         runs_per_slot: int = 1,
         gpus: Sequence[str] | None = None,
         threads_per_run: int | None = None,
+        max_crashes: int = 1,
     ):
         if runs_per_slot < 1 or slots < 1:
             raise ValueError("slots and runs_per_slot must be >= 1")
         self.slot_devices: list[str | None] = list(gpus) if gpus else [None] * slots
         self.runs_per_slot = runs_per_slot
+        self.max_crashes = max_crashes
         concurrent = len(self.slot_devices) * runs_per_slot
         self.threads_per_run = threads_per_run or max(1, (os.cpu_count() or 1) // concurrent)
 
@@ -150,26 +155,18 @@ class LocalPoolExecutor:
         """Train every pending job in worker processes; return when all ended."""
         todo = pending(jobs, store)
         ctx = mp.get_context("spawn")
-        pools = [
-            cf.ProcessPoolExecutor(
-                max_workers=self.runs_per_slot,
-                mp_context=ctx,
-                max_tasks_per_child=1,
-                initializer=_enter_slot,
-                initargs=(dev, self.threads_per_run),
-            )
-            for dev in self.slot_devices
-        ]
+        pools = [self._pool(ctx, dev) for dev in self.slot_devices]
         in_flight: dict[cf.Future, tuple[int, RunConfig]] = {}
         load = [0] * len(pools)
         queue = list(reversed(todo))
+        crashes: dict[str, int] = {}
         try:
             with _progress(len(todo), "runs") as bar:
                 while queue or in_flight:
-                    for slot, pool in enumerate(pools):
+                    for slot in range(len(pools)):
                         while queue and load[slot] < self.runs_per_slot:
                             job = queue.pop()
-                            fut = pool.submit(run_job, job.to_dict(), str(store.root))
+                            fut = pools[slot].submit(run_job, job.to_dict(), str(store.root))
                             in_flight[fut] = (slot, job)
                             load[slot] += 1
                     done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
@@ -178,13 +175,30 @@ class LocalPoolExecutor:
                         load[slot] -= 1
                         try:
                             status = fut.result()
-                        except Exception as err:  # noqa: BLE001 - a crashed worker
+                        except BrokenProcessPool:  # a worker died (OOM kill, segfault, ...)
+                            pools[slot].shutdown(wait=False, cancel_futures=True)
+                            pools[slot] = self._pool(ctx, self.slot_devices[slot])
+                            crashes[job.run_id] = crashes.get(job.run_id, 0) + 1
+                            if crashes[job.run_id] <= self.max_crashes:
+                                queue.append(job)  # resumes from its checkpoint
+                                continue
+                            status = "crashed"
+                        except Exception as err:  # noqa: BLE001 - e.g. an unpicklable result
                             status = f"failed ({type(err).__name__})"
                         bar.set_postfix_str(f"{job.method} lr={job.lr:g}: {status}")
                         bar.update()
         finally:
             for pool in pools:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+    def _pool(self, ctx, device: str | None) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(
+            max_workers=self.runs_per_slot,
+            mp_context=ctx,
+            max_tasks_per_child=1,
+            initializer=_enter_slot,
+            initargs=(device, self.threads_per_run),
+        )
 
 
 def make_executor(

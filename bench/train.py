@@ -236,7 +236,7 @@ class _Run:
         self.model.train()
         _sync(self.device)
         start = time.perf_counter()
-        ok = True
+        ok, loss = True, None
         for i, (x, y) in enumerate(self.data.train()):
             if self.max_steps is not None and i >= self.max_steps:
                 break
@@ -258,7 +258,9 @@ class _Run:
         _sync(self.device)
         self.train_time += time.perf_counter() - start
         self.epoch += 1
-        if ok and _diverged(loss.item()):  # DeepOBS: the epoch's last minibatch loss
+        if (
+            ok and loss is not None and _diverged(loss.item())
+        ):  # DeepOBS: the epoch's last minibatch loss
             ok = False
         return ok
 
