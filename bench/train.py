@@ -231,6 +231,13 @@ class _Run:
         loss.backward()
         return loss.detach(), None
 
+    def _diverged_on(self, x: Tensor, y: Tensor) -> bool:
+        """Whether the weights or this batch's loss are NaN/inf/huge (host sync; error path)."""
+        with torch.no_grad():
+            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                return True
+            return _diverged(float(self.loss_fn(self.model(x), y)))
+
     def train_epoch(self) -> bool:
         """Train one epoch; returns False if a logged minibatch loss diverged."""
         self.model.train()
@@ -240,7 +247,16 @@ class _Run:
         for i, (x, y) in enumerate(self.data.train()):
             if self.max_steps is not None and i >= self.max_steps:
                 break
-            loss, curvature = self._train_step(x, y)
+            try:
+                loss, curvature = self._train_step(x, y)
+            except (ValueError, RuntimeError):
+                # NaN/inf weights (a divergence between two logged steps) make curvature code
+                # raise, e.g. MC label sampling from NaN probabilities: that is a divergence.
+                if not self._diverged_on(x, y):
+                    raise
+                ok = False
+                self.minibatch_losses.append([self.step, float("nan")])
+                break
             log = self.step % LOG_INTERVAL == 0
             if log:  # DeepOBS logs the loss with the L2 term, before the update
                 with torch.no_grad():

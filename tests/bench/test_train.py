@@ -132,8 +132,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method, opt
     assert sidecar["minibatch_losses"] == whole.read_sidecar(cfg.run_id)["minibatch_losses"]
 
 
-def test_divergence_ends_run_and_keeps_rows(tmp_path):
-    store, cfg = RunStore(tmp_path), config("Momentum", lr=1e8, epochs=3)
+@pytest.mark.parametrize("method", ["Momentum", "DiagGGNMC"])
+def test_divergence_ends_run_and_keeps_rows(tmp_path, method):
+    """NaN weights between logged steps make MC sampling raise: still a divergence."""
+    store, cfg = RunStore(tmp_path), config(method, lr=1e8, damping=1e-8, epochs=3)
     assert train_run(cfg, store, problem=TinyProblem()) == "diverged"
     sidecar = store.read_sidecar(cfg.run_id)
     assert sidecar["status"] == "diverged" and sidecar["epochs_done"] < 3
