@@ -59,7 +59,7 @@ class SmokeReport:
     """What the smoke test saw; ``ok`` when every check passed."""
 
     runs: int = 0
-    finished_before_kill: list[str]  # finished or diverged = field(default_factory=list)
+    finished_before_kill: list[str] = field(default_factory=list)  # finished or diverged
     interrupted: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
