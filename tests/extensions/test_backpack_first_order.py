@@ -1,7 +1,8 @@
 """First-order quantities vs backpack-for-pytorch 1.7.1 on the real 3C3D and All-CNN-C.
 
-3C3D runs in float64; All-CNN-C in float32 (BackPACK's grouped-conv path takes ~1 min per float64
-backward there on 2 cores), with tolerances relative to each tensor's largest entry.
+3C3D runs in float64 (mean) and float32 (sum); All-CNN-C in float32 (BackPACK's grouped-conv path
+takes ~1 min per float64 backward there on 2 cores), with tolerances relative to each tensor's
+largest entry.
 """
 
 from __future__ import annotations
@@ -27,11 +28,18 @@ SAVEFIELDS = {
 }
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+CASES = [
+    ("cifar10_3c3d", 2, torch.float64, "mean"),
+    ("cifar10_3c3d", 3, torch.float32, "sum"),
+    ("cifar100_allcnnc", 2, torch.float32, "mean"),
+    ("cifar100_allcnnc", 2, torch.float32, "sum"),
+]
+
+
 @pytest.mark.parametrize(
-    "name,batch_size,dtype",
-    [("cifar10_3c3d", 3, torch.float64), ("cifar100_allcnnc", 2, torch.float32)],
-    ids=["3c3d-N3-f64", "allcnnc-N2-f32"],
+    "name,batch_size,dtype,reduction",
+    CASES,
+    ids=[f"{c[0].split('_')[1]}-N{c[1]}-{str(c[2])[-7:]}-{c[3]}" for c in CASES],
 )
 def test_first_order_matches_backpack(name, batch_size, dtype, reduction):
     from backpack import extend
