@@ -4,7 +4,8 @@ Every rule works on a stack of backpropagated columns ``mat`` of shape ``[V, N, 
 (V columns, N samples) and the module's recorded input/output. A :class:`ModuleRule` holds
 
 * ``jac_t``: ``[V, N, *out] -> [V, N, *in]``, the transposed Jacobian applied to every column
-  (masks and gathers for ReLU/MaxPool/Dropout, never dense Jacobians);
+  (masks and gathers for ReLU/MaxPool/Dropout, never dense Jacobians). Elementwise rules
+  multiply ``mat`` in place: callers pass columns they own and do not reuse;
 * ``kfra``: the batch-averaged dense rule ``G_out [h_out, h_out] -> (1/N) sum_n J_n^T G_out J_n``;
 * ``second_derivative``: for elementwise activations, ``d^2 out / d in^2`` (for DiagHessian's
   residual ``diag(sigma''(in) * grad_out)``); ``None`` where it vanishes.
@@ -36,6 +37,8 @@ class ModuleRule:
     jac_t: JacT
     kfra: Kfra | None = None
     second_derivative: SecondDerivative | None = None
+    #: for elementwise modules: ``d out / d in`` per sample (``jac_t`` multiplies by it in place)
+    derivative: Callable[[Record], Tensor] | None = None
 
 
 def _merge(mat: Tensor) -> tuple[Tensor, int]:
@@ -105,19 +108,15 @@ def dropout_derivative(rec: Record) -> Tensor:
     return mask if scaled else mask / (1 - module.p)
 
 
-def relu_jac_t(rec: Record, mat: Tensor) -> Tensor:
-    """Zero the columns where the input was not positive (one fused pass, no float mask)."""
-    return torch.where(rec.input > 0, mat, 0.0)
-
-
 def prepare(rec: Record) -> None:
-    """Precompute per-record state once (dropout multiplier, max-pool argmax) into ``rec.extra``.
+    """Precompute per-record state once (activation/dropout derivative, max-pool argmax).
 
     Tensors stored there have the batch as leading dimension, so sample-chunk views slice them,
     and the rules do no host synchronisation per chunk.
     """
-    if isinstance(rec.module, nn.Dropout):
-        rec.extra["_multiplier"] = dropout_derivative(rec)
+    rule = rule_for(rec.module)
+    if rule is not None and rule.derivative is not None:
+        rec.extra["_multiplier"] = rule.derivative(rec)
     elif isinstance(rec.module, nn.MaxPool2d):
         maxpool2d_indices(rec)
 
@@ -128,13 +127,17 @@ def _elementwise_rule(
     jac_t: JacT | None = None,
 ) -> ModuleRule:
     def default_jac_t(rec: Record, mat: Tensor) -> Tensor:
-        return mat * derivative(rec).unsqueeze(0)
+        # in place: the engine owns every propagated ``mat`` (see ``prepare`` for the cache)
+        cached = rec.extra.get("_multiplier")
+        return mat.mul_(cached if cached is not None else derivative(rec))
 
     def kfra(rec: Record, g: Tensor) -> Tensor:
         d = derivative(rec).flatten(1)  # [N, h]
         return g * (d.t() @ d) / d.shape[0]
 
-    return ModuleRule(jac_t=jac_t or default_jac_t, kfra=kfra, second_derivative=second)
+    return ModuleRule(
+        jac_t=jac_t or default_jac_t, kfra=kfra, second_derivative=second, derivative=derivative
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +289,7 @@ def _identity_jac_t(rec: Record, mat: Tensor) -> Tensor:
     return mat
 
 
-_RELU = _elementwise_rule(relu_derivative, jac_t=relu_jac_t)
+_RELU = _elementwise_rule(relu_derivative)
 _SIGMOID = _elementwise_rule(sigmoid_derivative, sigmoid_second_derivative)
 _TANH = _elementwise_rule(tanh_derivative, tanh_second_derivative)
 _DROPOUT = _elementwise_rule(dropout_derivative)

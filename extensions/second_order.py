@@ -436,7 +436,7 @@ def _run_exact_stream(
     sqrt_h = losses.sqrt_hessian(trace.loss)  # [C, N, C]
     stream = _Stream(
         n_columns=sqrt_h.shape[0],
-        make=lambda v0, v1, n0, n1: sqrt_h[v0:v1, n0:n1],
+        make=lambda v0, v1, n0, n1: sqrt_h[v0:v1, n0:n1].clone(),
         start=len(engine.views) - 1,
         diag_targets=diag_targets,
         kron_targets=kron_targets,
@@ -460,7 +460,7 @@ def _run_mc_streams(
         sqrt_h = losses.sqrt_hessian_sampled(trace.loss, mc_samples)
         stream = _Stream(
             n_columns=mc_samples,
-            make=lambda v0, v1, n0, n1, s=sqrt_h: s[v0:v1, n0:n1],
+            make=lambda v0, v1, n0, n1, s=sqrt_h: s[v0:v1, n0:n1].clone(),
             start=len(engine.views) - 1,
             diag_targets=[(results["DiagGGNMC"], 1.0)] if "DiagGGNMC" in members else [],
             kron_targets=[b_factors["KFAC"]] if "KFAC" in members else [],
@@ -485,7 +485,7 @@ def _run_residual_streams(engine: _Engine, trace: Trace, target: dict[str, Tenso
 
     def keep(idx: int, mat: Tensor) -> None:
         if idx in wanted:
-            grads[idx] = mat[0]
+            grads[idx] = mat[0].clone()  # later rules work in place
 
     grad_stream = _Stream(
         n_columns=1,
