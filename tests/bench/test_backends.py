@@ -89,15 +89,6 @@ ALL_CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets: one thread avoids OpenMP contention on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("backend", "quantity"), ALL_CASES)
 def test_every_step_fills_the_plain_gradient(backend, quantity, problem):
     _available(backend)

@@ -15,14 +15,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 FAST = overhead.RunOptions(rounds=2, warmup=1, memory=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _plan(**kw):
     kw.setdefault("problems", ["tiny_cnn"])
     kw.setdefault("batch_sizes", [3])

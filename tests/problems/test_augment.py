@@ -11,16 +11,6 @@ import torch
 
 from problems.data import augment as aug
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread (two OpenMP threads on a loaded 2-core box are ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 DEVICES = [pytest.param("cpu", id="cpu")] + (
     [pytest.param("cuda", id="cuda")] if torch.cuda.is_available() else []
 )

@@ -34,16 +34,6 @@ from problems.data.errors import (
     UnsafeArchiveError,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread (two OpenMP threads on a loaded 2-core box are ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 PER_BATCH = 4  # images per tiny batch
 
 

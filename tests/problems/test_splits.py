@@ -17,15 +17,6 @@ import torch
 from problems.data import DeepOBSData, deepobs_split, load_problem_data, synthetic_arrays
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread (two OpenMP threads on a loaded 2-core box are ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cifar10_synthetic():
     threads = torch.get_num_threads()

@@ -9,15 +9,6 @@ from torch import nn
 from problems.data import load_problem_data, synthetic_arrays
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread (two OpenMP threads on a loaded 2-core box are ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("num_classes", [10, 100], ids=["cifar10", "cifar100"])
 def test_shapes_dtypes_and_balanced_classes(num_classes):
     x_train, y_train, x_test, y_test = synthetic_arrays(
