@@ -28,7 +28,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every available subcommand registered."""
+    """Build the top-level parser with every available subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="curvbench",
         description="Benchmark and reproduce BackPACK (Dangel, Kunstner, Hennig, ICLR 2020).",

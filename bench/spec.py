@@ -7,7 +7,7 @@ here holds logic. Read this file before touching an interface.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -54,10 +54,10 @@ class Problem(Protocol):
     in_deepobs: bool
 
     def model(self) -> nn.Sequential:
-        """A fresh network of standard torch modules (seed with torch.manual_seed first)."""
+        """Build a fresh network of standard torch modules (seed with torch.manual_seed first)."""
 
     def loss_fn(self, reduction: str = "mean") -> nn.Module:
-        """The data loss module (mean cross-entropy)."""
+        """Return the data loss module (mean cross-entropy)."""
 
     def l2_penalty(self, model: nn.Module) -> Tensor:
         """``0.5 * l2 * sum ||W||^2`` over the weights (DeepOBS regularisation group)."""
@@ -93,7 +93,7 @@ Compute = Callable[[nn.Module, nn.Module, Tensor, Tensor, Sequence[Any]], Result
 
 
 class Backend(Protocol):
-    """One way of computing quantities (ours, backpack, backpack_savemem, torch.func, opacus, loop)."""
+    """One way of computing quantities: ours, backpack(_savemem), torch.func, opacus, loop."""
 
     name: str
 
@@ -106,7 +106,7 @@ class Backend(Protocol):
     def step_fn(
         self, model: nn.Module, loss_fn: nn.Module, quantity: str
     ) -> Callable[[Tensor, Tensor], None]:
-        """A function doing one step (forward, loss, backward with the quantity) on a batch."""
+        """Return a function doing one step (forward, loss, backward with the quantity)."""
 
 
 #: Columns of results/overhead/*.csv (one row per measurement).
@@ -148,9 +148,6 @@ GRIDSEARCH_COLUMNS = (
 
 
 def device_of(module: nn.Module) -> torch.device:
-    """The device of a module's first parameter (CPU for a parameter-free module)."""
+    """Return the device of a module's first parameter (CPU for a parameter-free module)."""
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-EnvInfo = Mapping[str, Any]

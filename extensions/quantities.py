@@ -87,7 +87,7 @@ BY_NAME: dict[str, type[Quantity]] = {
 
 
 def resolve(quantity: str | Quantity) -> Quantity:
-    """A configured quantity from a name or an instance; unknown names list the valid ones."""
+    """Return a configured quantity from a name or an instance (unknown names list valid ones)."""
     if isinstance(quantity, Quantity):
         return quantity
     if isinstance(quantity, type) and issubclass(quantity, Quantity):
