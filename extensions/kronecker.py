@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from extensions import per_sample
+
 
 def linear_input_factor(x: Tensor) -> Tensor:
     """``x^T x / N`` for a 2-d input ``[N, in]``."""
@@ -35,38 +37,11 @@ def _conv_geometry(module: nn.Conv2d) -> tuple[tuple[int, int], ...]:
     )
 
 
-def conv2d_unfold(x: Tensor, module: nn.Conv2d) -> Tensor:
-    """Unfolded input patches ``[N, C_in k_h k_w, T]`` of a Conv2d (same values as ``F.unfold``).
-
-    Built as one strided view of the (zero-padded) input and a single copy, which is several times
-    faster than ``F.unfold`` (``im2col``) on CPU.
-    """
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _conv_geometry(module)
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph))
-    n, c, h, w = x.shape
-    ho = (h - dh * (kh - 1) - 1) // sh + 1
-    wo = (w - dw * (kw - 1) - 1) // sw + 1
-    s_n, s_c, s_h, s_w = x.stride()
-    patches = x.as_strided(
-        (n, c, kh, kw, ho, wo), (s_n, s_c, dh * s_h, dw * s_w, sh * s_h, sw * s_w)
-    )
-    return patches.reshape(n, c * kh * kw, ho * wo)
-
-
 def _patch_matrix(x: Tensor, module: nn.Conv2d) -> Tensor:
     """Unfolded patches laid out as ``[C_in k_h k_w, N T]`` (one copy of a strided view)."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _conv_geometry(module)
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph))
-    n, c, h, w = x.shape
-    ho = (h - dh * (kh - 1) - 1) // sh + 1
-    wo = (w - dw * (kw - 1) - 1) // sw + 1
-    s_n, s_c, s_h, s_w = x.stride()
-    patches = x.as_strided(
-        (c, kh, kw, n, ho, wo), (s_c, dh * s_h, dw * s_w, s_n, sh * s_h, sw * s_w)
-    )
-    return patches.reshape(c * kh * kw, n * ho * wo)
+    patches = per_sample.conv2d_patches(x, module)
+    n, c, kh, kw, ho, wo = patches.shape
+    return patches.permute(1, 2, 3, 0, 4, 5).reshape(c * kh * kw, n * ho * wo)
 
 
 def conv2d_input_factor_unfold(x: Tensor, module: nn.Conv2d, max_elements: int = 2**26) -> Tensor:
@@ -83,8 +58,8 @@ def conv2d_input_factor_unfold(x: Tensor, module: nn.Conv2d, max_elements: int =
     """
     n = x.shape[0]
     k = x.shape[1] * module.kernel_size[0] * module.kernel_size[1]
-    per_sample = max(1, conv2d_unfold(x[:1], module).numel())
-    step = max(1, min(n, max_elements // per_sample))
+    per_sample_elements = max(1, per_sample.conv2d_patches(x[:1], module).numel())
+    step = max(1, min(n, max_elements // per_sample_elements))
     a = x.new_zeros(k, k)
     for n0 in range(0, n, step):
         u = _patch_matrix(x[n0 : n0 + step], module)  # [K, n T]

@@ -160,12 +160,12 @@ def _conv_padding(module: nn.Conv2d) -> tuple[tuple[int, int, int, int] | None, 
     return None, tuple(module.padding)
 
 
-def conv2d_unfold(x: Tensor, module: nn.Conv2d) -> Tensor:
-    """Input patches of a ``Conv2d`` (groups=1): ``x [N, Cin, H, W]`` -> ``[N, Cin*kh*kw, T]``.
+def conv2d_patches(x: Tensor, module: nn.Conv2d) -> Tensor:
+    """Strided view ``[N, Cin, kh, kw, H_out, W_out]`` of a ``Conv2d``'s (padded) input patches.
 
-    ``T = H_out * W_out``; the patch index is ordered like ``weight.flatten(1)``. Same values as
-    ``F.unfold``, built as one strided copy of the (padded) input (``im2col`` is several times
-    slower on CPU).
+    No copy is made; reshape or permute it into the layout you need (:func:`conv2d_unfold`, the
+    Kronecker input factors). One strided copy is several times faster than ``F.unfold``
+    (``im2col``) on CPU.
     """
     explicit, (ph, pw) = _conv_padding(module)
     if explicit is not None:
@@ -177,11 +177,21 @@ def conv2d_unfold(x: Tensor, module: nn.Conv2d) -> Tensor:
     ho = (h - dh * (kh - 1) - 1) // sh + 1
     wo = (w - dw * (kw - 1) - 1) // sw + 1
     s_n, s_c, s_h, s_w = x.stride()
-    patches = x.as_strided(
+    return x.as_strided(
         (n, c, kh, kw, ho, wo),
         (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw),
         x.storage_offset(),
     )
+
+
+def conv2d_unfold(x: Tensor, module: nn.Conv2d) -> Tensor:
+    """Input patches of a ``Conv2d`` (groups=1): ``x [N, Cin, H, W]`` -> ``[N, Cin*kh*kw, T]``.
+
+    ``T = H_out * W_out``; the patch index is ordered like ``weight.flatten(1)``. Same values as
+    ``F.unfold``.
+    """
+    patches = conv2d_patches(x, module)
+    n, c, kh, kw, ho, wo = patches.shape
     return patches.reshape(n, c * kh * kw, ho * wo)
 
 

@@ -277,11 +277,11 @@ def _conv2d_weight_diagonal(rec: Record, mat: Tensor, max_bytes: int) -> Tensor:
     x = rec.input
     k = m.weight[0].numel()
     t = mat.shape[3] * mat.shape[4]
-    per_sample = (k * t + 2 * v * c_out * t + v * c_out * k) * mat.element_size()
-    step = max(1, min(n, max_bytes // max(1, per_sample)))
+    bytes_per_sample = (k * t + 2 * v * c_out * t + v * c_out * k) * mat.element_size()
+    step = max(1, min(n, max_bytes // max(1, bytes_per_sample)))
     acc = mat.new_zeros(v * c_out, k)
     for n0, n1 in _chunks(n, step):
-        u = kronecker.conv2d_unfold(x[n0:n1], m)  # [n, K, T]
+        u = per_sample.conv2d_unfold(x[n0:n1], m)  # [n, K, T]
         g = mat[:, n0:n1].transpose(0, 1).reshape(n1 - n0, v * c_out, t)
         js = torch.bmm(g, u.transpose(1, 2))  # [n, V*C_out, K]
         acc += js.pow_(2).sum(0)
