@@ -334,14 +334,20 @@ def _batch_bytes(session: Session, module: nn.Module, x: Tensor, ctx: Any) -> No
         session.reserve_batch(module, x.shape[0] * numel * x.element_size())
 
 
-class _LinearFirstOrder(torch.autograd.Function):
-    """``F.linear`` whose backward also computes the first-order quantities."""
+class _FirstOrder(torch.autograd.Function):
+    """``F.linear`` / ``F.conv2d`` (groups=1) whose backward also yields first-order quantities.
+
+    The weight gradient is the sum of the per-sample terms when a quantity forms them; otherwise,
+    and for the input gradient, autograd's own kernels run.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, session, module):
         ctx.save_for_backward(x, weight)
         ctx.session, ctx.module = session, module
         ctx.has_bias = bias is not None
+        if isinstance(module, nn.Conv2d):
+            return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation)
         return F.linear(x, weight, bias)
 
     @staticmethod
@@ -356,35 +362,19 @@ class _LinearFirstOrder(torch.autograd.Function):
             module, x, g, need_w, need_b and ctx.has_bias, session.first
         )
         session.store(module, res)
-        grad_x = g @ weight if need_x else None
-        return grad_x, res.grad_weight, res.grad_bias, None, None
-
-
-class _Conv2dFirstOrder(torch.autograd.Function):
-    """``F.conv2d`` (groups=1) whose backward also computes the first-order quantities."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, session, module):
-        ctx.save_for_backward(x, weight)
-        ctx.session, ctx.module = session, module
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g: Tensor):
-        x, weight = ctx.saved_tensors
-        session, module = ctx.session, ctx.module
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        session.queue_finish()
-        _batch_bytes(session, module, x, ctx)
-        res = first_order.layer_quantities(
-            module, x, g, need_w, need_b and ctx.has_bias, session.first
-        )
-        session.store(module, res)
         autograd_weight = need_w and res.grad_weight is None
-        grad_x, grad_w = _conv2d_backward(module, x, weight, g, need_x, autograd_weight)
+        backward = _conv2d_backward if isinstance(module, nn.Conv2d) else _linear_backward
+        grad_x, grad_w = backward(module, x, weight, g, need_x, autograd_weight)
         return grad_x, (grad_w if autograd_weight else res.grad_weight), res.grad_bias, None, None
+
+
+def _linear_backward(
+    module: nn.Linear, x: Tensor, weight: Tensor, g: Tensor, need_x: bool, need_w: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """Input and/or weight gradient of a linear layer (no bias); any leading dimensions."""
+    grad_x = g @ weight if need_x else None
+    grad_w = g.flatten(0, -2).T @ x.flatten(0, -2) if need_w else None
+    return grad_x, grad_w
 
 
 def _conv2d_backward(
@@ -417,12 +407,8 @@ def _conv2d_backward(
     return grad_x, grad_w
 
 
-def _linear_forward(session: Session, module: nn.Linear, x: Tensor) -> Tensor:
-    return _LinearFirstOrder.apply(x, module.weight, module.bias, session, module)
-
-
-def _conv2d_forward(session: Session, module: nn.Conv2d, x: Tensor) -> Tensor:
-    return _Conv2dFirstOrder.apply(x, module.weight, module.bias, session, module)
+def _first_order_forward(session: Session, module: nn.Linear | nn.Conv2d, x: Tensor) -> Tensor:
+    return _FirstOrder.apply(x, module.weight, module.bias, session, module)
 
 
 def _dropout_forward(session: Session, module: nn.Dropout, x: Tensor) -> Tensor:
@@ -439,4 +425,4 @@ def _dropout_forward(session: Session, module: nn.Dropout, x: Tensor) -> Tensor:
     return out
 
 
-_FORWARDS = {nn.Linear: _linear_forward, nn.Conv2d: _conv2d_forward}
+_FORWARDS = {nn.Linear: _first_order_forward, nn.Conv2d: _first_order_forward}
