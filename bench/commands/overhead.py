@@ -13,7 +13,8 @@ defaults:
   cuda: batch sizes 32 48 64 128 on both problems, 20 rounds, 2 warm-up rounds.
   cpu:  3C3D at 32 and 128, All-CNN-C at 128, %(crounds)s rounds, 1 warm-up round; on the
         100-class problem the C-column quantities (DiagGGNExact, KFLR, DiagHessian) at batch
-        %(cbatch)s (labelled in the CSV's `note` column). About 15 minutes on 2 idle cores.
+        %(cbatch)s (labelled in the CSV's `note` column). About 25 minutes on 2 idle cores
+        (measured; the target is 15).
 
 examples:
   curvbench overhead                                   # the device's defaults
