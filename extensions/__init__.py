@@ -14,12 +14,16 @@ Example::
 See :mod:`extensions.api` for :func:`compute` and :func:`collect`.
 """
 
-from extensions.api import DEFAULT_MEMORY_BUDGET, Results, collect, compute
+from extensions.api import Results, collect, compute
 from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import (
+    DEFAULT_MEMORY_BUDGET,
+    FIRST_ORDER,
     KFAC,
     KFLR,
     KFRA,
+    QUANTITIES,
+    SECOND_ORDER,
     BatchGrad,
     BatchL2Grad,
     DiagGGNExact,
@@ -30,11 +34,6 @@ from extensions.quantities import (
     Variance,
     resolve,
 )
-
-#: the ten quantity names, first order then second order (same as ``bench.spec.QUANTITIES``)
-FIRST_ORDER = ("BatchGrad", "BatchL2Grad", "SumGradSquared", "Variance")
-SECOND_ORDER = ("DiagGGNExact", "DiagGGNMC", "DiagHessian", "KFAC", "KFLR", "KFRA")
-QUANTITIES = FIRST_ORDER + SECOND_ORDER
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",

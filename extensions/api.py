@@ -33,10 +33,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from extensions.hooks import Session
-from extensions.quantities import Quantity
-
-#: default bytes that quantity buffers may use (BatchGrad, second-order factors)
-DEFAULT_MEMORY_BUDGET = 8 * 2**30
+from extensions.quantities import DEFAULT_MEMORY_BUDGET, Quantity
 
 Results = dict[str, dict[str, Any]]
 

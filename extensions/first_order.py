@@ -24,12 +24,9 @@ from torch import Tensor, nn
 
 from extensions import per_sample
 from extensions.errors import UnsupportedModuleError
+from extensions.quantities import FIRST_ORDER
 
-BATCH_GRAD = "BatchGrad"
-BATCH_L2 = "BatchL2Grad"
-SUM_GRAD_SQUARED = "SumGradSquared"
-VARIANCE = "Variance"
-FIRST_ORDER = (BATCH_GRAD, BATCH_L2, SUM_GRAD_SQUARED, VARIANCE)
+BATCH_GRAD, BATCH_L2, SUM_GRAD_SQUARED, VARIANCE = FIRST_ORDER
 
 #: modules with parameters that have first-order rules (exact class, like BackPACK)
 SUPPORTED_MODULES = (nn.Linear, nn.Conv2d)

@@ -81,6 +81,13 @@ class KFRA(Quantity):
 
 FIRST_ORDER_CLASSES = (BatchGrad, BatchL2Grad, SumGradSquared, Variance)
 SECOND_ORDER_CLASSES = (DiagGGNExact, DiagGGNMC, DiagHessian, KFAC, KFLR, KFRA)
+#: the quantity names, first order then second order (bench.spec.QUANTITIES mirrors them)
+FIRST_ORDER = tuple(cls.__name__ for cls in FIRST_ORDER_CLASSES)
+SECOND_ORDER = tuple(cls.__name__ for cls in SECOND_ORDER_CLASSES)
+QUANTITIES = FIRST_ORDER + SECOND_ORDER
+#: default bytes that quantity buffers may use (BatchGrad, second-order factors)
+DEFAULT_MEMORY_BUDGET = 8 * 2**30
+
 BY_NAME: dict[str, type[Quantity]] = {
     cls.__name__: cls for cls in FIRST_ORDER_CLASSES + SECOND_ORDER_CLASSES
 }

@@ -29,13 +29,9 @@ from torch import Tensor, nn
 
 from extensions import derivatives, kronecker, losses, per_sample
 from extensions.errors import MemoryBudgetError, UnsupportedModuleError
-from extensions.quantities import (
-    Quantity,
-    resolve,
-)
+from extensions.quantities import DEFAULT_MEMORY_BUDGET, Quantity, resolve
 from extensions.trace import Record, Trace
 
-DEFAULT_MEMORY_BUDGET = 8 * 2**30
 PARAM_MODULES = (nn.Linear, nn.Conv2d)
 KRON_QUANTITIES = ("KFAC", "KFLR", "KFRA")
 #: Share of the budget for the propagated columns; the rest is for extraction temporaries.

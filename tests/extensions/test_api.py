@@ -377,3 +377,12 @@ def test_context_recovers_after_a_failed_backward():
     expected = individual_gradients(model, loss_fn, x[:3], y[:3])
     for name, value in results["BatchGrad"].items():
         torch.testing.assert_close(value, expected[name])
+
+
+def test_bench_spec_names_mirror_the_quantity_classes():
+    """bench.spec keeps literal names (problems must not import extensions); they must not drift."""
+    from bench import spec
+
+    assert spec.FIRST_ORDER == extensions.FIRST_ORDER
+    assert spec.SECOND_ORDER == extensions.SECOND_ORDER
+    assert spec.QUANTITIES == extensions.QUANTITIES == tuple(extensions.quantities.BY_NAME)
