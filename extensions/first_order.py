@@ -16,7 +16,7 @@ gradient ("never compute the weight gradient twice").
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +30,15 @@ BATCH_GRAD, BATCH_L2, SUM_GRAD_SQUARED, VARIANCE = FIRST_ORDER
 
 #: modules with parameters that have first-order rules (exact class, like BackPACK)
 SUPPORTED_MODULES = (nn.Linear, nn.Conv2d)
+
+#: ``empty(param, shape, like)``: where a layer's BatchGrad buffer comes from (``param`` is
+#: "weight"; a session passes its :class:`~extensions.buffers.BufferPool`)
+Allocator = Callable[[str, tuple[int, ...], Tensor], Tensor]
+
+
+def fresh(param: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Allocate a new buffer on every call (the default :data:`Allocator`)."""
+    return per_sample.empty_large(shape, like)
 
 
 def check_module(module: nn.Module, position: str, quantity: str) -> None:
@@ -103,7 +112,12 @@ def _bias_quantities(res: LayerResult, per_sample_bias: Tensor, wanted: Collecti
 
 
 def linear_quantities(
-    x: Tensor, g: Tensor, need_weight: bool, need_bias: bool, wanted: Collection[str]
+    x: Tensor,
+    g: Tensor,
+    need_weight: bool,
+    need_bias: bool,
+    wanted: Collection[str],
+    empty: Allocator = fresh,
 ) -> LayerResult:
     """First-order quantities and parameter gradients of ``nn.Linear``.
 
@@ -113,6 +127,7 @@ def linear_quantities(
         need_weight: whether the weight requires grad.
         need_bias: whether there is a bias requiring grad.
         wanted: the requested first-order quantity names.
+        empty: allocates the BatchGrad buffer.
 
     """
     res = LayerResult()
@@ -124,7 +139,8 @@ def linear_quantities(
     if x.dim() == 2:
         res.grad_weight = g.T @ x
         if BATCH_GRAD in wanted:
-            res.put(BATCH_GRAD, "weight", per_sample.linear_weight(x, g))
+            out = empty("weight", (n, g.shape[1], x.shape[1]), g)
+            res.put(BATCH_GRAD, "weight", per_sample.linear_weight(x, g, out=out))
         if BATCH_L2 in wanted:
             res.put(BATCH_L2, "weight", per_sample.linear_weight_sq_norm(x, g))
         if SUM_GRAD_SQUARED in wanted or VARIANCE in wanted:
@@ -149,6 +165,7 @@ def conv2d_quantities(
     need_weight: bool,
     need_bias: bool,
     wanted: Collection[str],
+    empty: Allocator = fresh,
 ) -> LayerResult:
     """First-order quantities of ``nn.Conv2d`` (groups=1); the weight gradient only if derived.
 
@@ -163,6 +180,7 @@ def conv2d_quantities(
         need_weight: whether the weight requires grad.
         need_bias: whether there is a bias requiring grad.
         wanted: the requested first-order quantity names.
+        empty: allocates the BatchGrad buffer.
 
     """
     res = LayerResult()
@@ -177,7 +195,7 @@ def conv2d_quantities(
         return res
     cout, k = module.out_channels, module.weight[0].numel()
     grad = g.new_zeros(cout, k)
-    batch = per_sample.empty_large((n, cout, k), g) if BATCH_GRAD in wanted else None
+    batch = empty("weight", (n, cout, k), g) if BATCH_GRAD in wanted else None
     norms = g.new_empty(n) if BATCH_L2 in wanted else None
     sum_sq = g.new_zeros(cout, k) if (SUM_GRAD_SQUARED in wanted or VARIANCE in wanted) else None
     out = None if batch is None else batch.unsqueeze(0)
@@ -208,9 +226,10 @@ def layer_quantities(
     need_weight: bool,
     need_bias: bool,
     wanted: Collection[str],
+    empty: Allocator = fresh,
 ) -> LayerResult:
     """Dispatch on the (exact) module class; see :func:`linear_quantities`."""
     with torch.no_grad():
         if type(module) is nn.Linear:
-            return linear_quantities(x, g, need_weight, need_bias, wanted)
-        return conv2d_quantities(module, x, g, need_weight, need_bias, wanted)
+            return linear_quantities(x, g, need_weight, need_bias, wanted, empty)
+        return conv2d_quantities(module, x, g, need_weight, need_bias, wanted, empty)

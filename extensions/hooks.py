@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from extensions import first_order
+from extensions.buffers import BufferPool
 from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import Quantity, resolve
 from extensions.trace import LossRecord, Record, Trace
@@ -98,6 +99,7 @@ class Session:
         self._last_output: Tensor | None = None
         self._finish_queued = False
         self._batch_bytes = 0
+        self.buffers = BufferPool()
         self._validate()
 
     # -- validation ------------------------------------------------------------------------------
@@ -193,6 +195,7 @@ class Session:
         self.trace.loss = None
         self._pending_masks.clear()
         self._last_output = None
+        self.buffers.clear()
 
     # -- forward-time hooks ----------------------------------------------------------------------
 
@@ -267,10 +270,19 @@ class Session:
         self.queue_finish()
 
     def queue_finish(self) -> None:
-        """Run :meth:`finish` once at the end of the running backward pass."""
+        """At the start of a backward pass: drop the last results, queue :meth:`finish`.
+
+        Dropping them first lets :attr:`buffers` reuse a BatchGrad buffer that nobody else holds.
+        """
         if not self._finish_queued:
             self._finish_queued = True
+            for values in self.results.values():
+                values.clear()
             torch.autograd.Variable._execution_engine.queue_callback(self.finish)
+
+    def allocator(self, module: nn.Module) -> first_order.Allocator:
+        """BatchGrad buffers of ``module`` from :attr:`buffers` (reused across steps)."""
+        return lambda param, shape, like: self.buffers.empty((id(module), param), shape, like)
 
     def store(self, module: nn.Module, res: first_order.LayerResult) -> None:
         """Put a layer's first-order values into the results under parameter names."""
@@ -359,7 +371,7 @@ class _FirstOrder(torch.autograd.Function):
         session.queue_finish()
         _batch_bytes(session, module, x, ctx)
         res = first_order.layer_quantities(
-            module, x, g, need_w, need_b and ctx.has_bias, session.first
+            module, x, g, need_w, need_b and ctx.has_bias, session.first, session.allocator(module)
         )
         session.store(module, res)
         autograd_weight = need_w and res.grad_weight is None

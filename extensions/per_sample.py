@@ -97,14 +97,16 @@ def _flat3(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
-def linear_weight(x: Tensor, g: Tensor) -> Tensor:
+def linear_weight(x: Tensor, g: Tensor, out: Tensor | None = None) -> Tensor:
     """Per-row weight gradients of ``Linear``: ``[M, out, in]`` from ``x`` and ``g``.
 
     ``x [N, ..., in]``, ``g [M, ..., out]``; middle dimensions are summed over, as autograd does.
+    ``out`` (2-d inputs only: ``[M, out, in]``, contiguous) receives the result.
     """
     v = _rows_per_sample(x, g)
     if x.dim() == 2:
-        out = empty_large((g.shape[0], g.shape[1], x.shape[1]), g)
+        if out is None:
+            out = empty_large((g.shape[0], g.shape[1], x.shape[1]), g)
         gv = g.unflatten(0, (v, x.shape[0])).unsqueeze(3)  # [V, N, out, 1]
         torch.mul(gv, x.unsqueeze(1), out=out.view(v, x.shape[0], g.shape[1], x.shape[1]))
         return out

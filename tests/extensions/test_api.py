@@ -175,6 +175,50 @@ def test_grad_accumulates_like_autograd_and_results_are_overwritten():
         torch.testing.assert_close(value, expected[name])
 
 
+def _batch_grad_twice(keep):
+    """Two backward passes in one context; ``keep`` picks what the caller holds from the first.
+
+    Returns the held object, a clone of it taken after the first pass, the data pointers of
+    both passes' results and the second pass's results with its brute-force reference.
+    """
+    model, loss_fn, x, y = problem(batch_size=4)
+    x2 = torch.randn_like(x)
+    with extensions.collect(model, loss_fn, "BatchGrad") as results:
+        loss_fn(model(x), y).backward()
+        held = keep(results["BatchGrad"])
+        snapshot_ = copy.deepcopy(held)
+        first = {n: v.data_ptr() for n, v in results["BatchGrad"].items()}
+        loss_fn(model(x2), y).backward()
+        second = {n: v.data_ptr() for n, v in results["BatchGrad"].items()}
+        got = {n: v.clone() for n, v in results["BatchGrad"].items()}
+    expected = individual_gradients(model, loss_fn, x2, y)
+    return held, snapshot_, first, second, got, expected
+
+
+def test_batch_grad_buffers_are_reused_when_nobody_holds_them():
+    held, _, first, second, got, expected = _batch_grad_twice(lambda r: None)
+    weights = [n for n in first if n.endswith("weight")]
+    assert weights and all(first[n] == second[n] for n in weights)
+    for name, value in got.items():
+        torch.testing.assert_close(value, expected[name])
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [
+        pytest.param(lambda r: dict(r), id="tensors"),
+        pytest.param(lambda r: {n: v[1:] for n, v in r.items()}, id="views"),
+    ],
+)
+def test_results_you_hold_are_never_overwritten(keep):
+    held, snapshot_, first, second, got, expected = _batch_grad_twice(keep)
+    assert all(first[n] != second[n] for n in first if n.endswith("weight"))
+    for name, value in held.items():
+        torch.testing.assert_close(value, snapshot_[name], rtol=0, atol=0)
+    for name, value in got.items():
+        torch.testing.assert_close(value, expected[name])
+
+
 def test_penalty_added_to_the_loss_reaches_grad_but_not_the_quantities():
     model, loss_fn, x, y = problem()
     reference = copy.deepcopy(model)
