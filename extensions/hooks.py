@@ -95,7 +95,7 @@ class Session:
         self._handles: list[Any] = []
         self._overridden: list[nn.Module] = []
         self._calls: dict[int, int] = {}
-        self._pending_masks: dict[int, Tensor] = {}
+        self._pending_extra: dict[int, dict[str, Any]] = {}
         self._last_output: Tensor | None = None
         self._finish_queued = False
         self._batch_bytes = 0
@@ -177,6 +177,8 @@ class Session:
             if self.second and _is_leaf(module):
                 if isinstance(module, nn.Dropout):
                     self._override(module, _dropout_forward)
+                elif type(module) is nn.MaxPool2d and not module.return_indices:
+                    self._override(module, _maxpool_forward)
                 hook(module.register_forward_hook(functools.partial(self._record, name)))
 
     def _override(self, module: nn.Module, forward: Any) -> None:
@@ -193,7 +195,7 @@ class Session:
         self._overridden.clear()
         self.trace.records = []
         self.trace.loss = None
-        self._pending_masks.clear()
+        self._pending_extra.clear()
         self._last_output = None
         self.buffers.clear()
 
@@ -230,10 +232,7 @@ class Session:
     def _record(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
             return
-        extra = {}
-        mask = self._pending_masks.pop(id(module), None)
-        if mask is not None:
-            extra = {"mask": mask, "scale": 1.0 / (1.0 - module.p) if module.p < 1 else 0.0}
+        extra = self._pending_extra.pop(id(module), {})
         self.trace.records.append(
             Record(
                 name=name,
@@ -433,7 +432,25 @@ def _dropout_forward(session: Session, module: nn.Dropout, x: Tensor) -> Tensor:
     else:
         out, mask = torch.native_dropout(x, module.p, True)
     if torch.is_grad_enabled():
-        session._pending_masks[id(module)] = mask
+        scale = 1.0 / (1.0 - module.p) if module.p < 1 else 0.0
+        session._pending_extra[id(module)] = {"mask": mask, "scale": scale}
+    return out
+
+
+def _maxpool_forward(session: Session, module: nn.MaxPool2d, x: Tensor) -> Tensor:
+    """``nn.MaxPool2d.forward`` that keeps the argmax indices autograd computes anyway."""
+    if not torch.is_grad_enabled():
+        return module.__class__.forward(module, x)
+    out, idx = F.max_pool2d(
+        x,
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        module.dilation,
+        ceil_mode=module.ceil_mode,
+        return_indices=True,
+    )
+    session._pending_extra[id(module)] = {"_maxpool_indices": idx.flatten(2)}
     return out
 
 

@@ -36,7 +36,6 @@ PARAM_MODULES = (nn.Linear, nn.Conv2d)
 KRON_QUANTITIES = ("KFAC", "KFLR", "KFRA")
 #: Share of the budget for the propagated columns; the rest is for extraction temporaries.
 _STREAM_SHARE = 0.5
-_EXTRACT_SHARE = 0.25
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +219,7 @@ class _Engine:
     def _extract(self, rec: Record, mat: Tensor, stream: _Stream) -> None:
         m = rec.module
         if stream.diag_targets:
-            diags = _param_diagonals(rec, mat, int(self.budget * _EXTRACT_SHARE))
+            diags = _param_diagonals(rec, mat)
             for name_param, value in diags:
                 key = self.names.get(id(name_param))
                 if key is None:
@@ -248,7 +247,7 @@ def _accumulate(target: dict[str, Tensor], key: str, value: Tensor) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _param_diagonals(rec: Record, mat: Tensor, max_bytes: int) -> list[tuple[Tensor, Tensor]]:
+def _param_diagonals(rec: Record, mat: Tensor) -> list[tuple[Tensor, Tensor]]:
     """``(parameter, sum over columns and samples of squared per-sample gradients)`` pairs."""
     m = rec.module
     out: list[tuple[Tensor, Tensor]] = []
@@ -259,29 +258,15 @@ def _param_diagonals(rec: Record, mat: Tensor, max_bytes: int) -> list[tuple[Ten
             out.append((m.bias, per_sample.linear_bias(flat).square().sum(0)))
         return out
     # Conv2d
-    w = _conv2d_weight_diagonal(rec, mat, max_bytes)
-    out.append((m.weight, w.reshape(m.weight.shape)))
+    out.append((m.weight, _conv2d_weight_diagonal(rec, mat)))
     if m.bias is not None:
         out.append((m.bias, (mat.sum((3, 4)) ** 2).sum((0, 1))))
     return out
 
 
-def _conv2d_weight_diagonal(rec: Record, mat: Tensor, max_bytes: int) -> Tensor:
-    """``sum_{v,n} (sum_t mat[v,n,:,t] U[n,:,t]^T)^2`` in sample chunks (U = unfolded input)."""
-    m = rec.module
-    v, n, c_out = mat.shape[:3]
-    x = rec.input
-    k = m.weight[0].numel()
-    t = mat.shape[3] * mat.shape[4]
-    bytes_per_sample = (k * t + 2 * v * c_out * t + v * c_out * k) * mat.element_size()
-    step = max(1, min(n, max_bytes // max(1, bytes_per_sample)))
-    acc = mat.new_zeros(v * c_out, k)
-    for n0, n1 in _chunks(n, step):
-        u = per_sample.conv2d_unfold(x[n0:n1], m)  # [n, K, T]
-        g = mat[:, n0:n1].transpose(0, 1).reshape(n1 - n0, v * c_out, t)
-        js = torch.bmm(g, u.transpose(1, 2))  # [n, V*C_out, K]
-        acc += js.pow_(2).sum(0)
-    return acc.reshape(v, c_out, k).sum(0)
+def _conv2d_weight_diagonal(rec: Record, mat: Tensor) -> Tensor:
+    """``sum_{v,n} (per-(column, sample) weight gradient)^2``, in cache-sized sample chunks."""
+    return per_sample.conv2d_weight_sum_sq(rec.input, mat.flatten(0, 1), rec.module)
 
 
 def _output_factor(rec: Record, mat: Tensor) -> Tensor:

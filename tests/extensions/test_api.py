@@ -354,7 +354,7 @@ def test_memory_budget_is_checked_before_allocating():
 
 class _Sink:
     def __init__(self):
-        self._pending_masks = {}
+        self._pending_extra = {}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -370,10 +370,25 @@ def test_dropout_override_is_bit_identical(p, dtype):
     out = hooks._dropout_forward(sink, module, x)
     assert torch.equal(out, expected)
     assert torch.equal(torch.rand(3), after_expected)  # same RNG consumption
-    mask = sink._pending_masks[id(module)]
+    mask = sink._pending_extra[id(module)]["mask"]
     assert mask.dtype == torch.bool and mask.shape == x.shape
     assert torch.equal(mask, expected != 0)  # x has no exact zeros
     torch.testing.assert_close(out, x * mask / (1 - p))
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+def test_maxpool_override_keeps_the_indices_autograd_uses(ceil_mode):
+    module = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=ceil_mode)
+    x = torch.randn(2, 3, 8, 7, requires_grad=True)
+    sink = _Sink()
+    out = hooks._maxpool_forward(sink, module, x)
+    expected, idx = F.max_pool2d(x, 3, 2, 1, ceil_mode=ceil_mode, return_indices=True)
+    assert torch.equal(out, expected)
+    assert torch.equal(sink._pending_extra[id(module)]["_maxpool_indices"], idx.flatten(2))
+    g = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, x, g)
+    (want,) = torch.autograd.grad(module(x), x, g)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("mode", ["eval", "p0", "p1"])
