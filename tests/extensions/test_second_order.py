@@ -394,7 +394,23 @@ def test_conv_input_factor_algorithms(geometry, structured, monkeypatch):
     from extensions import kronecker
 
     monkeypatch.setattr(kronecker, "use_structured_input_factor", lambda x, m: structured)
+    monkeypatch.setattr(kronecker, "GRAM_BLOCK_ROWS", 8)  # K = 27..75: blocked Gram in use
     conv = nn.Conv2d(3, 2, **geometry).double()
     x = torch.randn(4, 3, 11, 10, dtype=torch.float64)
     rec = Record("c", 0, conv, x, conv(x).detach())
     _close(kronecker.conv2d_input_factor(x, conv), input_factor(rec), "A")
+
+
+@pytest.mark.parametrize("rows", [1, 5, 17, 64], ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("block_rows", [4, 1000], ids=["blocked", "one-block"])
+@pytest.mark.parametrize("accumulate", [False, True], ids=["new", "into-out"])
+def test_symmetric_gram_is_u_times_u_transposed(rows, block_rows, accumulate, monkeypatch):
+    from extensions import kronecker
+
+    monkeypatch.setattr(kronecker, "GRAM_BLOCK_ROWS", block_rows)
+    u = torch.randn(rows, 9, dtype=torch.float64)
+    start = torch.randn(rows, rows, dtype=torch.float64)
+    start = start + start.T
+    expected = u @ u.T + (start if accumulate else 0)
+    got = kronecker.symmetric_gram(u, out=start.clone() if accumulate else None)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
