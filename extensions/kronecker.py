@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from extensions import per_sample
 
-
 #: rows per block of :func:`symmetric_gram` (measured on 2 CPU threads: K = 576..1728 runs
 #: 1.3-1.7x faster than one ``u @ u.T``; smaller blocks lose more to matmul overhead)
 GRAM_BLOCK_ROWS = 192
