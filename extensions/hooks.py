@@ -317,7 +317,7 @@ class Session:
                         quantity=", ".join(q.name for q in self.second),
                     )
                 computed = _second_order.compute_second_order(
-                    self.trace, self.second, self.memory_budget
+                    self.trace, self.second, self.memory_budget, self.buffers
                 )
                 for quantity, values in computed.items():
                     self.results.setdefault(quantity, {}).update(values)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from extensions import derivatives, kronecker, losses, per_sample
+from extensions.buffers import BufferPool
 from extensions.errors import MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import DEFAULT_MEMORY_BUDGET, Quantity, resolve
 from extensions.trace import Record, Trace
@@ -164,11 +165,13 @@ class _Stream:
 class _Engine:
     """Holds the record views and the budget while the streams run."""
 
-    def __init__(self, trace: Trace, memory_budget: int):
+    def __init__(self, trace: Trace, memory_budget: int, buffers: BufferPool | None = None):
         self.trace = trace
         self.views = [_view(r) for r in trace.records]
         for view in self.views:
             derivatives.prepare(view)
+            if buffers is not None:
+                view.extra["_buffers"] = buffers
         self.budget = int(memory_budget)
         self.names = trace.param_names
         self.n = trace.loss.input.shape[0]
@@ -354,6 +357,7 @@ def compute_second_order(
     trace: Trace,
     quantities: Sequence[str | Quantity],
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    buffers: BufferPool | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Compute the requested second-order quantities from a recorded forward pass.
 
@@ -363,6 +367,7 @@ def compute_second_order(
             are ignored.
         memory_budget: Bound in bytes on the temporaries allocated here (propagated columns and
             extraction buffers are chunked to fit; KFRA is refused if its dense matrix does not).
+        buffers: a pool for large scratch buffers reused across calls (a session's).
 
     Returns:
         ``{quantity name: {parameter name: value}}``. Diagonals have the parameter's shape; for
@@ -382,7 +387,7 @@ def compute_second_order(
     by_name = {q.name: q for q in qs}
     if len(by_name) != len(qs):
         raise ValueError("each second-order quantity may be requested once")
-    engine = _Engine(trace, memory_budget)
+    engine = _Engine(trace, memory_budget, buffers)
     results: dict[str, dict[str, Any]] = {name: {} for name in by_name}
     names = {q.name for q in qs}
 

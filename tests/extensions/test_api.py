@@ -219,6 +219,24 @@ def test_results_you_hold_are_never_overwritten(keep):
         torch.testing.assert_close(value, expected[name])
 
 
+@needs_second_order
+@pytest.mark.parametrize("quantity", ["DiagGGNExact", "DiagHessian", "KFLR"])
+def test_second_order_scratch_reuse_across_steps_keeps_results_exact(quantity):
+    """Max-pool scratch buffers come from the session's pool on the second step."""
+    model, loss_fn, x, y = problem(batch_size=4)
+    x2 = torch.randn_like(x)
+    with extensions.collect(model, loss_fn, quantity) as results:
+        loss_fn(model(x), y).backward()
+        first = copy.deepcopy(results[quantity])
+        loss_fn(model(x2), y).backward()
+        second = copy.deepcopy(results[quantity])
+    assert any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    for inputs, got in ((x, first), (x2, second)):
+        expected = extensions.compute(copy.deepcopy(model), loss_fn, inputs, y, quantity)
+        for name, value in got.items():
+            torch.testing.assert_close(value, expected[quantity][name])
+
+
 def test_penalty_added_to_the_loss_reaches_grad_but_not_the_quantities():
     model, loss_fn, x, y = problem()
     reference = copy.deepcopy(model)
