@@ -13,8 +13,9 @@ defaults:
   cuda: batch sizes 32 48 64 128 on both problems, 20 rounds, 2 warm-up rounds.
   cpu:  3C3D at 32 and 128, All-CNN-C at 128, %(crounds)s rounds, 1 warm-up round; on the
         100-class problem the C-column quantities (DiagGGNExact, KFLR, DiagHessian) at batch
-        %(cbatch)s (labelled in the CSV's `note` column). About 25 minutes on 2 idle cores
-        (measured; the target is 15).
+        %(cbatch)s (labelled in the CSV's `note` column); BackPACK's default conv path is
+        not timed for BatchGrad/SumGradSquared/Variance on All-CNN-C (10-22 s per step;
+        its save-memory path is). About 15 minutes on 2 idle cores.
 
 examples:
   curvbench overhead                                   # the device's defaults
@@ -45,10 +46,11 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--backends",
         nargs="+",
-        default=list(DEFAULT_BACKENDS),
         choices=[b for b in BACKENDS if b != "pytorch"],
         metavar="B",
-        help=f"backends (default: {' '.join(DEFAULT_BACKENDS)}); each runs what it has",
+        help=f"backends (default: {' '.join(DEFAULT_BACKENDS)}; on CPU without BackPACK's "
+        "default conv path for BatchGrad/SumGradSquared/Variance on All-CNN-C); each runs "
+        "what it has",
     )
     parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="N", help="override")
     parser.add_argument(
@@ -122,10 +124,13 @@ def run_command(args: argparse.Namespace) -> int:
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     on_cuda = torch.device(device).type == "cuda"
+    explicit_backends = args.backends is not None
+    args.backends = args.backends or list(overhead.DEFAULT_BACKENDS)
     plan_options = overhead.PlanOptions(
         problems=args.problems,
         quantities=args.quantities,
         backends=args.backends,
+        cpu_skips=not explicit_backends,
         batch_sizes=args.batch_sizes,
         modes=args.mode,
         device=device,
@@ -150,6 +155,7 @@ def run_command(args: argparse.Namespace) -> int:
         defaults.append(f"batch sizes: {'cuda' if on_cuda else 'cpu'} defaults")
     if args.rounds is None:
         defaults.append(f"rounds: {run_options.rounds} ({'cuda' if on_cuda else 'cpu'} default)")
+    defaults.extend(f"not timed: {skip}" for skip in overhead.cpu_default_skips(plan_options))
     print(f"overhead on {device}: {len(plan)} measurements, threads={args.threads}")
     for group, members in overhead.groups_of(plan).items():
         notes = sorted({m.note for m in members if m.note})

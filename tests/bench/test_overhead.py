@@ -39,6 +39,34 @@ def test_cpu_defaults_include_batch_128_for_both_problems_and_label_reduced_c_co
     assert set(QUANTITIES) <= full_3c3d
 
 
+def _allcnnc_128(plan):
+    return {
+        (m.backend, m.quantity)
+        for m in plan
+        if m.problem == "cifar100_allcnnc" and m.batch_size == 128
+    }
+
+
+@pytest.mark.parametrize(
+    ("kw", "skipped"),
+    [
+        pytest.param({}, True, id="cpu-defaults"),
+        pytest.param({"cpu_skips": False}, False, id="explicit-backends"),
+        pytest.param({"batch_sizes": [128]}, False, id="explicit-batch-sizes"),
+        pytest.param({"device": "cuda"}, False, id="cuda"),
+    ],
+)
+def test_cpu_defaults_leave_out_backpack_default_path_first_order_on_allcnnc(kw, skipped):
+    options = overhead.PlanOptions(**{"device": "cpu", **kw})
+    variants = _allcnnc_128(overhead.default_plan(options))
+    slow = {("backpack", q) for q in ("BatchGrad", "SumGradSquared", "Variance")}
+    assert (not slow & variants) is skipped
+    assert ("backpack_savemem", "BatchGrad") in variants and ("backpack", "KFAC") in variants
+    assert bool(overhead.cpu_default_skips(options)) is skipped
+    three = {m.variant for m in overhead.default_plan(options) if m.problem == "cifar10_3c3d"}
+    assert "backpack/BatchGrad" in three
+
+
 def test_cuda_defaults_are_the_paper_batch_sizes_plus_128():
     plan = overhead.default_plan(overhead.PlanOptions(device="cuda"))
     assert {m.batch_size for m in plan} == {32, 48, 64, 128}
