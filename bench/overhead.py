@@ -377,6 +377,26 @@ class RunOptions:
     seed: int = 0
 
 
+def kfra_over_cap(setup: ProblemSetup, cap_bytes: int) -> str | None:
+    """Why KFRA cannot fit ``cap_bytes`` on this problem, or ``None`` if it may.
+
+    KFRA propagates a dense ``h x h`` matrix per layer; ``extensions``' own pre-check sizes it from
+    a 2-sample forward pass in milliseconds. A reference backend (BackPACK) would instead compute
+    for minutes before its allocation fails under the probe's cap (112 s on 3C3D, N=32).
+    """
+    import extensions
+    from extensions.errors import MemoryBudgetError
+
+    inputs, targets = setup.staged_batches(2, torch.device("cpu"), count=1)[0]
+    try:
+        extensions.compute(
+            setup.model_fn(), setup.loss_fn(), inputs, targets, ["KFRA"], memory_budget=cap_bytes
+        )
+    except MemoryBudgetError as err:
+        return str(err)
+    return None
+
+
 def _row(m: Measurement, status: str, message: str = "", **values: Any) -> dict[str, Any]:
     row = {**asdict(m), "status": status, "message": message, "threads": torch.get_num_threads()}
     row.update(values)
@@ -420,9 +440,16 @@ def run_group(
             rows[m.variant] = _row(m, "unavailable", why)
             continue
         if options.memory and device.type != "cuda":
+            cap = None if options.mem_cap_gb is None else options.mem_cap_gb * 1024
+            if m.quantity == "KFRA" and m.backend != "ours" and cap is not None:
+                over = kfra_over_cap(setup, int(cap * 2**20))
+                if over is not None:
+                    note = "not run: over the probe's memory cap by the dense-matrix pre-check; "
+                    rows[m.variant] = _row(m, "oom", note + over)
+                    progress(1)
+                    continue
             try:
                 factory = functools.partial(memory_step_factory, asdict(m), options.seed)
-                cap = None if options.mem_cap_gb is None else options.mem_cap_gb * 1024
                 result = subprocess_peak_rss_mb(
                     factory,
                     steps=options.memory_steps,

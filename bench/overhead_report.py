@@ -137,7 +137,8 @@ def group_table(group: pd.DataFrame) -> list[str]:
             if loop_ref is not None:
                 paper += f"; loop {_fmt_ref(loop_ref, n)}"
         spec = _fmt_ref(reference_ratio(SPEC_CPU_BACKPACK, problem, n, q), n)
-        mem = [_fmt_mem(index.get(("ours", q))), _fmt_mem(index.get(("backpack", q)))]
+        bp_row = index.get(("backpack", q), index.get(("backpack_savemem", q)))
+        mem = [_fmt_mem(index.get(("ours", q))), _fmt_mem(bp_row)]
         label = QUANTITY_LABELS[q] + (" ¹" if q in C_COLUMN_QUANTITIES else "")
         lines.append(f"| {label} | " + " | ".join([*cells, paper, spec, *mem]) + " |")
     return lines
@@ -179,7 +180,10 @@ EXPLANATIONS = """\
 - **BackPACK's conv path.** BackPACK's default conv weight-Jacobian builds an unfolded
   `[N, C_out, C_in k k, L]`-sized intermediate; `weight_jac_t_save_memory(True)` uses a grouped
   convolution instead and is 2-4x faster on CPU for BatchGrad / SumGradSquared / Variance
-  (spec §5 supplement). "Better BackPACK path" above takes the faster of the two.
+  (spec §5 supplement). "Better BackPACK path" above takes the faster of the two. The CPU
+  defaults time only the save-memory path for those three quantities on All-CNN-C (the default
+  path takes 10-22 s per step there); `--backends ...` times both, and "peak MB BackPACK" then
+  falls back to the save-memory path's row.
 - **C-column quantities (¹).** DiagGGNExact, KFLR and DiagHessian propagate C columns (C = 10 or
   100 classes); on CIFAR-100 they cost tens of gradients and on CPU run at a reduced batch by
   default (the `note` column says which). The paper's "two orders of magnitude" is the

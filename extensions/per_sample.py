@@ -199,11 +199,14 @@ def conv2d_unfold(x: Tensor, module: nn.Conv2d) -> Tensor:
     return patches.reshape(n, c * kh * kw, ho * wo)
 
 
-def conv2d_chunk_size(x: Tensor, module: nn.Conv2d, g: Tensor) -> int:
-    """Return the samples per chunk (bounded by the unfold, output-gradient and result sizes)."""
+def conv2d_chunk_size(x: Tensor, module: nn.Conv2d, g: Tensor, rows: int | None = None) -> int:
+    """Return the samples per chunk (bounded by the unfold, output-gradient and result sizes).
+
+    ``rows`` is the number of gradient rows per sample formed at once (default: all of ``g``'s).
+    """
     kh, kw = module.kernel_size
     k = module.in_channels * kh * kw
-    v = g.shape[0] // x.shape[0]
+    v = rows or g.shape[0] // x.shape[0]
     t = g.shape[-2] * g.shape[-1]
     by_unfold = UNFOLD_CHUNK_ELEMENTS // max(k * t, 1)
     by_grad = UNFOLD_CHUNK_ELEMENTS // max(v * module.out_channels * t, 1)
@@ -312,20 +315,25 @@ def conv2d_weight_sum_sq(
 ) -> Tensor:
     """``sum_m (per-row weight gradient)²`` (elementwise), ``weight.shape``, chunked.
 
-    With ``V`` rows per sample, one batched matmul per chunk forms all of a sample's rows at once
-    (``[n, V*Cout, T] @ [n, T, K]``), so the unfolded input is neither copied nor broadcast V times.
+    ``g`` is ``[M, Cout, H_out, W_out]`` (``M = V * N``, V-major) or ``[V, N, Cout, H_out, W_out]``
+    with any strides (e.g. a cropped view: only one chunk is ever copied). One batched matmul per
+    chunk forms several of a sample's rows at once (``[n, v*Cout, T] @ [n, T, K]``), so the
+    unfolded input is neither copied nor broadcast per row; rows are chunked too, so a chunk's
+    result stays within :data:`ROWS_CHUNK_ELEMENTS` also for many columns (100 classes).
     """
     n = x.shape[0]
-    v = _rows_per_sample(x, g)
+    gv = g if g.dim() == 5 else g.unflatten(0, (_rows_per_sample(x, g), n))
+    v = gv.shape[0]
     cout, k = module.out_channels, module.weight[0].numel()
-    gv = g.reshape(v, n, cout, -1)  # [V, N, Cout, T]
-    acc = g.new_zeros(v * cout, k)
-    step = chunk_size or conv2d_chunk_size(x, module, g)
+    v_step = max(1, min(v, ROWS_CHUNK_ELEMENTS // (cout * k)))
+    acc = g.new_zeros(cout, k)
+    step = chunk_size or conv2d_chunk_size(x, module, g, rows=v_step)
     for start in range(0, n, step):
         stop = min(n, start + step)
         unfolded = conv2d_unfold(x[start:stop], module).transpose(1, 2)  # [n, T, K]
-        gc = gv[:, start:stop].transpose(0, 1).reshape(stop - start, v * cout, -1)
-        rows = torch.bmm(gc, unfolded)  # [n, V*Cout, K]
-        acc += rows.square_().sum(0)
-    total = acc.view(v, cout, k).sum(0) if v > 1 else acc
-    return total.view_as(module.weight)
+        for v0 in range(0, v, v_step):
+            v1 = min(v, v0 + v_step)
+            gc = gv[v0:v1, start:stop].transpose(0, 1).reshape(stop - start, (v1 - v0) * cout, -1)
+            rows = torch.bmm(gc, unfolded)  # [n, v*Cout, K]
+            acc += rows.square_().view(-1, cout, k).sum(0)
+    return acc.view_as(module.weight)

@@ -269,7 +269,7 @@ def _param_diagonals(rec: Record, mat: Tensor) -> list[tuple[Tensor, Tensor]]:
 
 def _conv2d_weight_diagonal(rec: Record, mat: Tensor) -> Tensor:
     """``sum_{v,n} (per-(column, sample) weight gradient)^2``, in cache-sized sample chunks."""
-    return per_sample.conv2d_weight_sum_sq(rec.input, mat.flatten(0, 1), rec.module)
+    return per_sample.conv2d_weight_sum_sq(rec.input, mat, rec.module)  # no copy of ``mat``
 
 
 def _output_factor(rec: Record, mat: Tensor) -> Tensor:

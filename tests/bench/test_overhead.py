@@ -198,6 +198,25 @@ def test_cpu_memory_probe_fills_peak_memory(tmp_path):
         assert 0 <= r["peak_mem_mb"] < 200
 
 
+@pytest.mark.parametrize("cap_gb", [1e-6, 10.0], ids=["over-cap", "fits"])
+def test_reference_kfra_over_the_probe_cap_is_oom_without_running(cap_gb, monkeypatch):
+    """BackPACK's KFRA is not probed for minutes when the dense-matrix pre-check says oom."""
+    probed = []
+    real = overhead.subprocess_peak_rss_mb
+    monkeypatch.setattr(
+        overhead, "subprocess_peak_rss_mb", lambda *a, **k: probed.append(1) or real(*a, **k)
+    )
+    options = overhead.RunOptions(rounds=1, warmup=0, memory=True, mem_cap_gb=cap_gb)
+    rows = overhead.run_group(_plan(backends=["backpack"], quantities=["KFRA"]), options)
+    kfra = next(r for r in rows if r["backend"] == "backpack" and r["quantity"] == "KFRA")
+    if cap_gb < 1:
+        assert kfra["status"] == "oom" and "pre-check" in kfra["message"]
+        assert "dense" in kfra["message"]
+    else:
+        assert kfra["status"] == "ok"
+    assert len(probed) == len(rows) - (cap_gb < 1)
+
+
 def test_paper_mode_fetches_a_fresh_batch_per_step(monkeypatch):
     plan = _plan(
         problems=["cifar10_3c3d"],

@@ -248,3 +248,16 @@ def test_empty_large_is_an_ordinary_buffer(numel):
     assert out.shape == (numel,) and out.dtype == torch.float64 and out.device == like.device
     out.fill_(2.0)
     assert out.sum().item() == 2.0 * numel
+
+
+@pytest.mark.parametrize("rows_bound", [2**22, 1], ids=["all-rows", "one-row-per-chunk"])
+def test_conv2d_weight_sum_sq_of_a_strided_column_view(rows_bound, monkeypatch):
+    """A ``[V, N, ...]`` cropped (non-contiguous) view gives the same sums, with rows chunked."""
+    monkeypatch.setattr(per_sample, "ROWS_CHUNK_ELEMENTS", rows_bound)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    padded = torch.randn(4, 5, 3, 7, 7, dtype=torch.float64)
+    view = padded[..., :6, :6]  # what a ZeroPad2d backward hands on
+    assert not view.is_contiguous()
+    ref = _conv_rows_brute_force(x, view.reshape(20, 3, 6, 6), conv)
+    torch.testing.assert_close(per_sample.conv2d_weight_sum_sq(x, view, conv), ref.square().sum(0))
