@@ -169,19 +169,36 @@ def linear_kfra(rec: Record, g: Tensor) -> Tensor:
     return w.t() @ g @ w
 
 
+#: output elements per transposed-convolution call in :func:`conv2d_jac_t`: chunking the
+#: columns bounds the kernel's im2col-sized scratch (2-3x the output unchunked) and runs faster
+#: on CPU (All-CNN-C, 200 columns: 0.29 -> 0.15 s, 239 -> 80 MB)
+JAC_T_CHUNK_ELEMENTS = 2**21
+
+
 def conv2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
-    """Transposed convolution of every column (``torch.nn.grad.conv2d_input``)."""
+    """Transposed convolution of every column (``F.conv_transpose2d``), in chunks of columns."""
     m = rec.module
-    flat, v = _merge(mat)
-    out = torch.nn.grad.conv2d_input(
-        (flat.shape[0], *rec.input.shape[1:]),
-        m.weight.detach(),
-        flat,
-        stride=m.stride,
-        padding=m.padding,
-        dilation=m.dilation,
-        groups=m.groups,
+    flat, v = _merge(mat)  # a view also for a cropped ``mat`` (only the last dims are cut)
+    out = flat.new_empty(flat.shape[0], *rec.input.shape[1:])
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
+    h_out, w_out = flat.shape[-2:]
+    output_padding = (
+        out.shape[-2] - ((h_out - 1) * sh - 2 * ph + dh * (kh - 1) + 1),
+        out.shape[-1] - ((w_out - 1) * sw - 2 * pw + dw * (kw - 1) + 1),
     )
+    weight = m.weight.detach()
+    rows = max(1, JAC_T_CHUNK_ELEMENTS // max(1, out[0].numel()))
+    for start in range(0, flat.shape[0], rows):
+        out[start : start + rows] = F.conv_transpose2d(
+            flat[start : start + rows],
+            weight,
+            None,
+            m.stride,
+            m.padding,
+            output_padding,
+            1,
+            m.dilation,
+        )
     return _split(out, v)
 
 

@@ -414,3 +414,27 @@ def test_symmetric_gram_is_u_times_u_transposed(rows, block_rows, accumulate, mo
     expected = u @ u.T + (start if accumulate else 0)
     got = kronecker.symmetric_gram(u, out=start.clone() if accumulate else None)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 2**30], ids=["row-chunks", "one-call"])
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=lambda g: "-".join(map(str, g.values())))
+def test_conv_jac_t_is_the_input_gradient_of_every_column(geometry, chunk_elements, monkeypatch):
+    """Chunked transposed convolutions of a cropped ``[V, N, ...]`` view = autograd's backward."""
+    from extensions import derivatives
+
+    monkeypatch.setattr(derivatives, "JAC_T_CHUNK_ELEMENTS", chunk_elements)
+    conv = nn.Conv2d(3, 2, **geometry).double()
+    x = torch.randn(4, 3, 11, 10, dtype=torch.float64)
+    out = conv(x).detach()
+    padded = torch.randn(5, 4, 2, out.shape[2] + 1, out.shape[3] + 1, dtype=torch.float64)
+    mat = padded[..., 1:, :-1]  # non-contiguous, as after a ZeroPad2d backward
+    got = derivatives.conv2d_jac_t(Record("c", 0, conv, x, out), mat)
+    expected = torch.stack(
+        [
+            torch.nn.grad.conv2d_input(
+                x.shape, conv.weight, col, conv.stride, conv.padding, conv.dilation
+            )
+            for col in mat
+        ]
+    )
+    torch.testing.assert_close(got, expected)
