@@ -41,7 +41,7 @@ format: $(STAMP) ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) -> results/overhead/ (CPU defaults: ~15 min on 2 cores)
+overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) -> results/overhead/ (CPU defaults: ~11 min on 2 cores)
 	$(VENV)/bin/curvbench overhead $(ARGS)
 
 overhead-table: $(STAMP) ## ours vs BackPACK, per quantity, both networks, batch 128 (the extensions issue's table)

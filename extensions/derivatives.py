@@ -121,15 +121,19 @@ def dropout_derivative(rec: Record) -> Tensor:
     return mask if scaled else mask / (1 - module.p)
 
 
-def prepare(rec: Record) -> None:
+def prepare(rec: Record, multipliers: bool = True) -> None:
     """Precompute per-record state once (activation/dropout derivative, max-pool argmax).
 
     Tensors stored there have the batch as leading dimension, so sample-chunk views slice them,
-    and the rules do no host synchronisation per chunk.
+    and the rules do no host synchronisation per chunk. ``multipliers=False`` skips the
+    activation/dropout derivatives (an activation-sized tensor each): worth it only when columns
+    pass a record more than once (several streams or chunks); a single pass computes them on the
+    fly.
     """
     rule = rule_for(rec.module)
     if rule is not None and rule.derivative is not None:
-        rec.extra["_multiplier"] = rule.derivative(rec)
+        if multipliers:
+            rec.extra["_multiplier"] = rule.derivative(rec)
     elif isinstance(rec.module, nn.MaxPool2d):
         maxpool2d_indices(rec)
 

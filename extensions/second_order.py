@@ -20,6 +20,7 @@ KFRA propagates one dense ``h x h`` matrix; it is refused with :class:`MemoryBud
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,7 +170,6 @@ class _Engine:
         self.trace = trace
         self.views = [_view(r) for r in trace.records]
         for view in self.views:
-            derivatives.prepare(view)
             if buffers is not None:
                 view.extra["_buffers"] = buffers
         self.budget = int(memory_budget)
@@ -177,6 +177,25 @@ class _Engine:
         self.n = trace.loss.input.shape[0]
         params = [i for i, r in enumerate(self.views) if isinstance(r.module, PARAM_MODULES)]
         self.lowest_param = min(params) if params else None
+
+    def prepare(self, widths: Sequence[int], residuals: bool) -> None:
+        """Precompute per-record state; activation derivatives only if columns pass twice.
+
+        Args:
+            widths: column counts of the streams that start at the top (exact, MC draws).
+            residuals: whether DiagHessian's residual streams run too (more passes).
+
+        """
+        top = len(self.views) - 1
+        passes = sum(
+            math.ceil(w / v_step) * math.ceil(self.n / n_step)
+            for w in widths
+            if w > 0  # (an invalid mc_samples is reported by the MC stream itself)
+            for v_step, n_step in [self.chunking(_Stream(w, _no_columns, top))]
+        )
+        multipliers = residuals or passes > 1
+        for view in self.views:
+            derivatives.prepare(view, multipliers)
 
     # -- chunk sizes -------------------------------------------------------------------------
 
@@ -236,6 +255,10 @@ class _Engine:
                     key = self.names.get(id(p)) if p is not None else None
                     if key is not None:
                         _accumulate(target, key, b)
+
+
+def _no_columns(v0: int, v1: int, n0: int, n1: int) -> Tensor:
+    raise AssertionError("a planning stream is never run")
 
 
 def _accumulate(target: dict[str, Tensor], key: str, value: Tensor) -> None:
@@ -388,8 +411,13 @@ def compute_second_order(
     if len(by_name) != len(qs):
         raise ValueError("each second-order quantity may be requested once")
     engine = _Engine(trace, memory_budget, buffers)
-    results: dict[str, dict[str, Any]] = {name: {} for name in by_name}
     names = {q.name for q in qs}
+    widths = []
+    if names & {"DiagGGNExact", "DiagHessian", "KFLR"}:
+        widths.append(trace.loss.input[0].numel())  # C columns of the loss sqrt-Hessian
+    widths += sorted({by_name[n].mc_samples for n in ("DiagGGNMC", "KFAC") if n in by_name})
+    engine.prepare(widths, residuals="DiagHessian" in names and _has_curved(engine))
+    results: dict[str, dict[str, Any]] = {name: {} for name in by_name}
 
     kfra_b = _kfra(engine, trace) if "KFRA" in names else None
     with torch.no_grad():
@@ -454,16 +482,25 @@ def _run_mc_streams(
         engine.run(stream)
 
 
-def _run_residual_streams(engine: _Engine, trace: Trace, target: dict[str, Tensor]) -> None:
-    """DiagHessian's residual terms ``diag(sigma'' * grad)`` of every curved activation."""
-    views = engine.views
-    curved = [
+def _curved_positions(engine: _Engine) -> list[int]:
+    """Return the records above the lowest parameter layer with a curved activation."""
+    return [
         i
-        for i, r in enumerate(views)
+        for i, r in enumerate(engine.views)
         if derivatives.RULES[type(r.module)].second_derivative is not None
         and engine.lowest_param is not None
         and i > engine.lowest_param
     ]
+
+
+def _has_curved(engine: _Engine) -> bool:
+    return bool(_curved_positions(engine))
+
+
+def _run_residual_streams(engine: _Engine, trace: Trace, target: dict[str, Tensor]) -> None:
+    """DiagHessian's residual terms ``diag(sigma'' * grad)`` of every curved activation."""
+    views = engine.views
+    curved = _curved_positions(engine)
     if not curved:
         return
     grads: dict[int, Tensor] = {}

@@ -15,7 +15,7 @@ defaults:
         100-class problem the C-column quantities (DiagGGNExact, KFLR, DiagHessian) at batch
         %(cbatch)s (labelled in the CSV's `note` column); BackPACK's default conv path is
         not timed for BatchGrad/SumGradSquared/Variance on All-CNN-C (10-22 s per step;
-        its save-memory path is). About 15 minutes on 2 idle cores.
+        its save-memory path is). About 11 minutes on 2 idle cores (10.7 measured).
 
 examples:
   curvbench overhead                                   # the device's defaults
