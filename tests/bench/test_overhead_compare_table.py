@@ -8,18 +8,41 @@ from bench.overhead import REFERENCE
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
 
-def test_plan_separates_c_column_quantities_on_100_classes():
+def test_plan_separates_backpack_default_path_and_c_column_groups():
     groups = compare_table.plan("cifar100_allcnnc", ["BatchGrad", "KFLR"], "cpu")
-    assert len(groups) == 2
+    assert len(groups) == 3
     for group in groups:
         assert (group[0].backend, group[0].quantity) == REFERENCE
-        assert all(m.batch_size == 128 for m in group)
-    assert {m.variant for m in groups[0][1:]} == {
-        "ours/BatchGrad", "backpack/BatchGrad", "backpack_savemem/BatchGrad"
-    }  # fmt: skip
-    assert {m.variant for m in groups[1][1:]} == {"ours/KFLR", "backpack/KFLR"}
-    (single,) = compare_table.plan("cifar10_3c3d", ["BatchGrad", "KFLR"], "cpu")
-    assert len(single) == 6
+        assert all(m.batch_size == 128 and m.note == group[0].note for m in group)
+    assert [g[0].note for g in groups] == [
+        compare_table.GROUP_MAIN, compare_table.GROUP_BACKPACK_DEFAULT, compare_table.GROUP_C_COLUMN
+    ]  # fmt: skip
+    assert {m.variant for m in groups[0][1:]} == {"ours/BatchGrad", "backpack_savemem/BatchGrad"}
+    assert {m.variant for m in groups[1][1:]} == {"backpack/BatchGrad"}
+    assert {m.variant for m in groups[2][1:]} == {"ours/KFLR", "backpack/KFLR"}
+    main, default_path = compare_table.plan("cifar10_3c3d", ["BatchGrad", "KFLR"], "cpu")
+    assert len(main) == 5 and len(default_path) == 2
+
+
+def test_a_rerun_keeps_complete_groups_from_the_csv(tmp_path, monkeypatch):
+    csv_path = str(tmp_path / "table.csv")
+    argv = ["--problems", "tiny_cnn", "--quantities", "BatchGrad", "KFAC", "--rounds", "1",
+            "--no-memory", "--threads", "1", "--csv", csv_path]  # fmt: skip
+    assert compare_table.main(argv) == 0
+    runs = []
+    real = compare_table.run_group
+    monkeypatch.setattr(compare_table, "run_group", lambda g, o: runs.append(g) or real(g, o))
+    assert compare_table.main(argv) == 0
+    assert runs == []  # both groups (main, BackPACK default path) were kept
+    rows = compare_table._load(csv_path)
+    drop = next(k for k, r in rows.items() if r["note"] == compare_table.GROUP_BACKPACK_DEFAULT)
+    from bench import results_io
+
+    results_io.atomic_write_csv(
+        csv_path, [r for k, r in rows.items() if k != drop], compare_table.COLUMNS
+    )
+    assert compare_table.main(argv) == 0
+    assert len(runs) == 1 and runs[0][0].note == compare_table.GROUP_BACKPACK_DEFAULT
 
 
 def _r(problem, backend, quantity, ratio, status="ok", mem=500.0):
@@ -40,8 +63,11 @@ def test_render_marks_targets_met_and_missed():
         _r(pa, "ours", "KFLR", 30.0, mem=3000.0), _r(pa, "backpack", "KFLR", None, "oom"),
         _r(p3, "ours", "DiagHessian", 9.0), _r(p3, "backpack", "DiagHessian", 10.0),
         _r(pa, "ours", "DiagHessian", None, "oom"),
+        {**_r(p3, "ours", "KFRA", None, "oom"),
+         "message": "MemoryBudgetError: ... would need about 32,461,307,904 bytes"},
+        {**_r(pa, "ours", "KFRA", None, "oom"), "message": "MemoryError: killed"},
     ]  # fmt: skip
-    table = compare_table.render(rows, [p3, pa], ["BatchGrad", "KFLR", "DiagHessian"])
+    table = compare_table.render(rows, [p3, pa], ["BatchGrad", "KFLR", "DiagHessian", "KFRA"])
     lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:-2]}
     cells = lambda q: [c.strip() for c in lines[q].strip("|").split("|")]  # noqa: E731
     assert cells("BatchGrad")[1:5] == [
@@ -55,7 +81,9 @@ def test_render_marks_targets_met_and_missed():
     assert cells("KFLR")[5:9] == ["30.00 (3000 MB)", "oom", "runs, <= 8 GB", "yes"]
     assert cells("DiagHessian")[4] == "**no**"  # 9.0 > 0.8 * 10.0
     assert cells("DiagHessian")[8] == "**no**"  # ours did not run
-    assert "Targets missed: 3." in table
+    assert cells("KFRA")[3:5] == [compare_table.KFRA_TARGET, "yes"]
+    assert cells("KFRA")[8] == "**no**"  # an oom that is not our own refusal
+    assert "Targets missed: 4." in table
 
 
 def test_main_runs_end_to_end_on_a_tiny_problem(capsys):
