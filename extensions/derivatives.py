@@ -213,22 +213,26 @@ def zeropad2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
     return mat[..., top : h - bottom, left : w - right]
 
 
+def maxpool2d_with_indices(module: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``module(x)`` and its flat argmax indices ``[N, C, Ho*Wo]`` (as autograd's backward uses)."""
+    out, idx = F.max_pool2d(
+        x,
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        module.dilation,
+        ceil_mode=module.ceil_mode,
+        return_indices=True,
+    )
+    return out, idx.flatten(2)
+
+
 def maxpool2d_indices(rec: Record) -> Tensor:
     """Flat argmax indices ``[N, C, Ho*Wo]`` into each ``H*W`` input channel (recomputed)."""
-    m = rec.module
     cached = rec.extra.get("_maxpool_indices")
     if cached is not None:
         return cached
-    _, idx = F.max_pool2d(
-        rec.input,
-        m.kernel_size,
-        m.stride,
-        m.padding,
-        m.dilation,
-        ceil_mode=m.ceil_mode,
-        return_indices=True,
-    )
-    idx = idx.flatten(2)
+    _, idx = maxpool2d_with_indices(rec.module, rec.input)
     rec.extra["_maxpool_indices"] = idx
     return idx
 

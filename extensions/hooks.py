@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from extensions import first_order
+from extensions import derivatives, first_order
 from extensions.buffers import BufferPool
 from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import Quantity, resolve
@@ -441,16 +441,8 @@ def _maxpool_forward(session: Session, module: nn.MaxPool2d, x: Tensor) -> Tenso
     """``nn.MaxPool2d.forward`` that keeps the argmax indices autograd computes anyway."""
     if not torch.is_grad_enabled():
         return module.__class__.forward(module, x)
-    out, idx = F.max_pool2d(
-        x,
-        module.kernel_size,
-        module.stride,
-        module.padding,
-        module.dilation,
-        ceil_mode=module.ceil_mode,
-        return_indices=True,
-    )
-    session._pending_extra[id(module)] = {"_maxpool_indices": idx.flatten(2)}
+    out, idx = derivatives.maxpool2d_with_indices(module, x)
+    session._pending_extra[id(module)] = {"_maxpool_indices": idx}
     return out
 
 
