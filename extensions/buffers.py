@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Hashable
 
@@ -31,10 +32,6 @@ import torch
 from torch import Tensor
 
 from extensions.per_sample import empty_large
-
-#: references to a pooled tensor while :meth:`BufferPool._unshared` inspects it: the pool's
-#: dict, the local name and ``sys.getrefcount``'s argument
-_POOL_REFS = 3
 
 
 def _storage_use_count(t: Tensor) -> int | None:
@@ -45,17 +42,28 @@ def _storage_use_count(t: Tensor) -> int | None:
     return fn(t.untyped_storage()._cdata)
 
 
+@functools.cache
+def _pool_only_refs() -> int:
+    """``BufferPool._refs`` of a tensor only the pool holds (calibrated: interpreters differ)."""
+    pool = BufferPool()
+    pool._buffers[None] = torch.empty(0)
+    return pool._refs(None)
+
+
 class BufferPool:
     """Keyed, reusable output buffers (one per key; a new shape or dtype replaces it)."""
 
     def __init__(self) -> None:
         self._buffers: dict[Hashable, Tensor] = {}
 
-    def _unshared(self, key: Hashable) -> bool:
+    def _refs(self, key: Hashable) -> int:
         buf = self._buffers[key]
-        if sys.getrefcount(buf) > _POOL_REFS:
+        return sys.getrefcount(buf)
+
+    def _unshared(self, key: Hashable) -> bool:
+        if self._refs(key) > _pool_only_refs():
             return False
-        count = _storage_use_count(buf)
+        count = _storage_use_count(self._buffers[key])
         return count is not None and count <= 2
 
     def empty(self, key: Hashable, shape: tuple[int, ...], like: Tensor) -> Tensor:
