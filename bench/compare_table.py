@@ -147,22 +147,9 @@ def r_key(row: dict[str, Any]) -> tuple[str, ...]:
 def _load(csv_path: str | None) -> dict[tuple[str, ...], dict[str, Any]]:
     if not csv_path or not Path(csv_path).exists():
         return {}
-    out = {}
-    for row in results_io.read_csv_rows(csv_path):
-        for f, cast in (
-            ("batch_size", int),
-            ("median_s", float),
-            ("iqr_s", float),
-            ("ratio_to_grad", float),
-            ("peak_mem_mb", float),
-        ):
-            try:
-                row[f] = cast(row[f])
-            except (TypeError, ValueError):
-                row[f] = float("nan") if cast is float else row[f]
-        row["note"] = row.get("note") or ""
-        out[r_key(row)] = row
-    return out
+    from bench.overhead_figures import load  # parses the numeric columns of overhead CSVs
+
+    return {r_key(row): row for row in load([csv_path]).to_dict("records")}
 
 
 def _cell(row: dict[str, Any] | None) -> str:

@@ -205,15 +205,18 @@ class PlanOptions:
     cpu_skips: bool = True
 
 
+def _active_skips(options: PlanOptions) -> dict[tuple[str, str], tuple[str, ...]]:
+    """:data:`CPU_DEFAULT_SKIPS` where the CPU defaults apply, else nothing."""
+    on_cpu_defaults = options.batch_sizes is None and torch.device(options.device).type != "cuda"
+    return CPU_DEFAULT_SKIPS if on_cpu_defaults and options.cpu_skips else {}
+
+
 def cpu_default_skips(options: PlanOptions) -> list[str]:
     """Describe the variants :func:`default_plan` leaves out on the CPU defaults (for the log)."""
-    device = torch.device(options.device)
-    if options.batch_sizes is not None or device.type == "cuda" or not options.cpu_skips:
-        return []
     archs = {architecture_of(p) for p in options.problems}
     return [
         f"{backend} {'/'.join(qs)} on {arch} (too slow on CPU; pass --backends to time it)"
-        for (arch, backend), qs in CPU_DEFAULT_SKIPS.items()
+        for (arch, backend), qs in _active_skips(options).items()
         if arch in archs and backend in options.backends
     ]
 
@@ -241,6 +244,7 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
     c_batch = options.c_column_batch_size
     if c_batch is None and on_cpu_defaults:
         c_batch = CPU_C_COLUMN_BATCH
+    skips = _active_skips(options)
     out: list[Measurement] = []
     for problem in options.problems:
         setup = problem_setup(problem)
@@ -251,7 +255,6 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
         else:
             sizes = CPU_BATCH_SIZES.get(architecture_of(problem), (8,))
         reduce_c = c_batch is not None and setup.num_classes >= 100
-        skips = CPU_DEFAULT_SKIPS if on_cpu_defaults and options.cpu_skips else {}
         arch = architecture_of(problem)
         for mode in options.modes:
             wanted: list[tuple[int, str, str]] = []
