@@ -7,14 +7,16 @@
 
 The convolution factor is the KFAC hot spot (``K = C_in k_h k_w`` up to 1728 on All-CNN-C).
 :func:`conv2d_input_factor` exploits the patch structure instead of forming ``U U^T`` with the
-unfolded ``U [K, N T]``: the block for kernel offsets ``(i, j), (i', j')`` only depends on the
-row shift ``i' - i`` up to the range of rows summed, so per ``(i' - i, j, j')`` one batched matmul
-gives per-row ``C x C`` Gram matrices whose strided row sums are all blocks with that shift. This
-needs ``k_h k_w^2`` instead of ``k_h^2 k_w^2`` Gram products (3x fewer for 3x3 kernels).
+unfolded ``U [K, N T]``: the block for kernel offsets ``(i, j), (i', j')`` is a sum of products of
+input rows ``i' - i`` apart and (stride 1) columns ``j' - j`` apart, so one Gram matrix per
+shift, with exact row ranges and a boundary-column correction, gives all blocks with that shift:
+13 ``C x C`` Gram units instead of 81 for a 3x3 kernel (27 with column stride > 1).
 :func:`conv2d_input_factor_unfold` is the direct definition (used as the test oracle).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -96,13 +98,22 @@ def conv2d_input_factor_unfold(x: Tensor, module: nn.Conv2d, max_elements: int =
 
 
 def conv2d_input_factor(x: Tensor, module: nn.Conv2d) -> Tensor:
-    """``(1/N) sum_n sum_t u u^T`` over patches, from shifted per-row Gram matrices.
+    """``(1/N) sum_n sum_t u u^T`` over patches, from per-row Gram matrices of shifted inputs.
 
-    Kernel-column shifts are stacked into one ``[k_w C, N W_out]`` matrix per padded input row;
-    for every row shift ``di = i' - i`` one batched matmul over the needed rows gives all
-    ``(j, j')`` blocks at once, and strided row sums give the blocks of every ``i``. Falls back to
-    :func:`conv2d_input_factor_unfold` where that is cheaper (1x1 kernels, few channels, small
-    images).
+    The block of kernel offsets ``(i, j), (i', j')`` sums products of input rows ``di = i' - i``
+    apart. Per row shift one batched matmul over the needed input rows gives per-row Gram
+    matrices, and strided row sums over them give the blocks of every ``i`` (the row range of
+    ``i`` is exact, so padding and stride need no correction). Along columns:
+
+    * column stride and dilation 1: per column shift ``dj = j' - j`` (``2 k_w - 1`` of them, ``k_w``
+      for ``di = 0`` by symmetry) one Gram over all image columns, minus the few boundary columns
+      kernel column ``j`` does not see (:func:`_column_shift_blocks`): ``(2 k_w - 1) k_h`` Gram
+      units instead of ``k_h^2 k_w^2`` for the unfolded ``U U^T``, 13 instead of 81 for 3x3;
+    * otherwise the ``k_w`` kernel columns are stacked (:func:`_kernel_column_blocks`):
+      ``k_h k_w^2`` units.
+
+    Falls back to :func:`conv2d_input_factor_unfold` where that is cheaper (1x1 kernels, few
+    channels, small images).
 
     Args:
         x: Layer input ``[N, C_in, H, W]``.
@@ -112,35 +123,120 @@ def conv2d_input_factor(x: Tensor, module: nn.Conv2d) -> Tensor:
         ``A`` of shape ``[C_in k_h k_w, C_in k_h k_w]``.
 
     """
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _conv_geometry(module)
+    (kh, kw), (sh, _), (ph, _), (dh, _) = _conv_geometry(module)
     n, c = x.shape[:2]
     if not use_structured_input_factor(x, module):
         return conv2d_input_factor_unfold(x, module)
-    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-    hp, wp = xp.shape[-2:]
-    ho = (hp - dh * (kh - 1) - 1) // sh + 1
-    wo = (wp - dw * (kw - 1) - 1) // sw + 1
-    # cols[u, (j, c), (n, b)] = xp[n, c, u, dw*j + sw*b]: what kernel column j sees in row u
-    s_n, s_c, s_h, s_w = xp.stride()
-    cols = xp.as_strided((hp, kw, c, n, wo), (s_h, dw * s_w, s_c, s_n, sw * s_w))
-    cols = cols.reshape(hp, kw * c, n * wo)
+    ho = (x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    row_blocks = row_block_algorithm(module)(x, module)
     a6 = x.new_empty(c, kh, kw, c, kh, kw)
     for di in range(kh):
         starts = [dh * i for i in range(kh - di)]
         needed = sorted({u0 + sh * a for u0 in starts for a in range(ho)})
         where = {u: k for k, u in enumerate(needed)}
-        left = _select_rows(cols, needed)
-        right = _select_rows(cols, [u + dh * di for u in needed])
-        gram = torch.bmm(left, right.transpose(1, 2))  # [R, kwC, kwC]
-        del left, right
-        gram = gram.view(len(needed), kw, c, kw, c)
+        blocks_of = row_blocks(needed, dh * di)
         for i, u0 in enumerate(starts):
-            block = _select_rows(gram, [where[u0 + sh * a] for a in range(ho)]).sum(0)
-            block = block.permute(1, 0, 3, 2)  # [c, j, c', j']
+            block = blocks_of([where[u0 + sh * a] for a in range(ho)])  # [c, j, c', j']
             a6[:, i, :, :, i + di, :] = block
             if di > 0:
                 a6[:, i + di, :, :, i, :] = block.permute(2, 3, 0, 1)
     return a6.reshape(c * kh * kw, c * kh * kw) / n
+
+
+#: ``row_blocks(needed, shift)`` -> ``blocks_of(rows)``: the ``[C, k_w, C, k_w]`` sums over the
+#: padded input rows ``needed[rows]`` of the products of row ``u`` with row ``u + shift``
+RowBlocks = Callable[[list[int], int], Callable[[list[int]], Tensor]]
+
+
+def row_block_algorithm(module: nn.Conv2d) -> Callable[[Tensor, nn.Conv2d], RowBlocks]:
+    """Column shifts where column stride and dilation are 1, stacked kernel columns otherwise."""
+    _, (_, sw), _, (_, dw) = _conv_geometry(module)
+    return _column_shift_blocks if sw == 1 and dw == 1 else _kernel_column_blocks
+
+
+def _kernel_column_blocks(x: Tensor, module: nn.Conv2d) -> RowBlocks:
+    """Row-pair blocks from the ``k_w`` kernel columns stacked into one ``[k_w C, N W_out]``."""
+    (_, kw), (_, sw), (ph, pw), (_, dw) = _conv_geometry(module)
+    n, c = x.shape[:2]
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    wo = (xp.shape[-1] - dw * (kw - 1) - 1) // sw + 1
+    # cols[u, (j, c), (n, b)] = xp[n, c, u, dw*j + sw*b]: what kernel column j sees in row u
+    s_n, s_c, s_h, s_w = xp.stride()
+    cols = xp.as_strided((xp.shape[-2], kw, c, n, wo), (s_h, dw * s_w, s_c, s_n, sw * s_w))
+    cols = cols.reshape(xp.shape[-2], kw * c, n * wo)
+
+    def row_blocks(needed: list[int], shift: int) -> Callable[[list[int]], Tensor]:
+        left = _select_rows(cols, needed)
+        right = _select_rows(cols, [u + shift for u in needed])
+        gram = torch.bmm(left, right.transpose(1, 2)).view(len(needed), kw, c, kw, c)
+        return lambda rows: _select_rows(gram, rows).sum(0).permute(1, 0, 3, 2)
+
+    return row_blocks
+
+
+def _column_shift_blocks(x: Tensor, module: nn.Conv2d) -> RowBlocks:
+    """Row-pair blocks from one Gram per column shift (column stride and dilation 1).
+
+    The input is laid out once as ``[H_pad, C, N, W + 2 e]`` (``e = k_w - 1`` zero columns on
+    both sides of every image row, and ``e`` zero guard elements at both ends), so the rows of
+    one input row, shifted by ``dj`` columns, are a plain strided view of the same storage: the
+    products that reach into a neighbouring image row or the guards meet a zero. Kernel column
+    ``j`` sees image columns ``[j - p_w, j - p_w + W_out)``; the Gram over all columns counts the
+    ones outside that range too, so their per-column products are subtracted.
+    """
+    (_, kw), _, (ph, pw), _ = _conv_geometry(module)
+    n, c, h, w = x.shape
+    e = kw - 1
+    m = n * (w + 2 * e)  # one channel's share of an input row
+    hp = h + 2 * ph
+    buf = x.new_zeros(hp * c * m + 2 * e)
+    rows4 = buf[e : e + hp * c * m].view(hp, c, n, w + 2 * e)
+    rows4[ph : ph + h, :, :, e : e + w] = x.permute(2, 1, 0, 3)
+    wo = w + 2 * pw - kw + 1
+    unseen = {j: [q for q in range(w) if not j <= q + pw < j + wo] for j in range(kw)}
+    boundary = sorted({q for cols in unseen.values() for q in cols})
+
+    # the boundary columns and their neighbours within e: [H_pad, nb, 2e + 1, C, N] (small)
+    window = torch.stack([rows4[..., q : q + 2 * e + 1] for q in boundary or [0]], 1)
+    window = window.permute(0, 1, 4, 2, 3).contiguous()
+
+    def rows_at(rows: list[int], dj: int) -> Tensor:
+        """``[R, C, m]``: input rows ``rows``, shifted by ``dj`` columns (a view if arithmetic)."""
+        step = rows[1] - rows[0] if len(rows) > 1 else 1
+        if any(b - a != step for a, b in zip(rows, rows[1:])):
+            return torch.stack([rows_at([u], dj)[0] for u in rows])
+        return buf.as_strided((len(rows), c, m), (step * c * m, m, 1), e + rows[0] * c * m + dj)
+
+    def row_blocks(needed: list[int], shift: int) -> Callable[[list[int]], Tensor]:
+        shifts = list(range(0 if shift == 0 else -e, kw))  # shift 0: the rest by symmetry
+        left = rows_at(needed, 0)
+        right = [rows_at([u + shift for u in needed], dj) for dj in shifts]
+        full = [torch.bmm(left, r.transpose(1, 2)) for r in right]  # [R, C, C] per shift
+
+        # products of the boundary columns alone: [R, nb, C, shifts, C]
+        lb = _select_rows(window, needed)[:, :, e].reshape(-1, c, n)
+        rb = _select_rows(window, [u + shift for u in needed])[:, :, e + shifts[0] :]
+        rb = rb.reshape(-1, len(shifts) * c, n)
+        edges = torch.bmm(lb, rb.transpose(1, 2)).view(len(needed), -1, c, len(shifts), c)
+        del lb, rb
+
+        def blocks_of(rows: list[int]) -> Tensor:
+            sums = _select_rows(edges, rows).sum(0)  # [nb, C, shifts, C]
+            block = x.new_empty(c, kw, c, kw)
+            for k, dj in enumerate(shifts):
+                total = _select_rows(full[k], rows).sum(0)
+                for j in range(max(0, -dj), min(kw, kw - dj)):
+                    value = total
+                    for q in unseen[j]:
+                        value = value - sums[boundary.index(q), :, k]
+                    block[:, j, :, j + dj] = value
+                    if shift == 0 and dj > 0:
+                        block[:, j + dj, :, j] = value.t()
+            return block
+
+        return blocks_of
+
+    return row_blocks
 
 
 def _select_rows(t: Tensor, rows: list[int]) -> Tensor:

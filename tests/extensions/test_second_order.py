@@ -384,16 +384,38 @@ CONV_GEOMETRIES = [
     dict(kernel_size=3, stride=2),
     dict(kernel_size=(3, 2), stride=(1, 2), padding=(2, 0), dilation=(1, 2)),
     dict(kernel_size=5, dilation=2, padding=3, stride=3),
+    dict(kernel_size=(3, 5), padding=(1, 3), dilation=(2, 1)),  # asymmetric, wide padding
+    dict(kernel_size=3, padding=3),  # every kernel column sees every image column
+    dict(kernel_size=3, stride=(3, 1), padding=1),  # rows of a row shift not one progression
+    dict(kernel_size=(2, 4)),  # no padding: boundary columns on both sides
 ]
 
 
-@pytest.mark.parametrize("structured", [True, False], ids=["structured", "unfold"])
-@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=lambda g: "-".join(map(str, g.values())))
-def test_conv_input_factor_algorithms(geometry, structured, monkeypatch):
-    """Both A-factor algorithms (row-shift Gram, chunked unfold) equal the F.unfold definition."""
+def _factor_algorithms(geometry: dict) -> list[str]:
+    """The A-factor algorithms that apply to ``geometry`` (column shifts need column stride 1)."""
+    conv = nn.Conv2d(1, 1, **geometry)
+    column_shifts = conv.stride[1] == 1 and conv.dilation[1] == 1
+    return ["unfold", "kernel-column", *(["column-shift"] if column_shifts else [])]
+
+
+@pytest.mark.parametrize(
+    "geometry, algorithm",
+    [(g, a) for g in CONV_GEOMETRIES for a in _factor_algorithms(g)],
+    ids=lambda v: "-".join(map(str, v.values())) if isinstance(v, dict) else v,
+)
+def test_conv_input_factor_algorithms(geometry, algorithm, monkeypatch):
+    """Each A-factor algorithm (row/column shifts, unfold chunks) equals the F.unfold definition."""
     from extensions import kronecker
 
+    structured = algorithm != "unfold"
     monkeypatch.setattr(kronecker, "use_structured_input_factor", lambda x, m: structured)
+    chosen = {"kernel-column": kronecker._kernel_column_blocks}.get(algorithm)
+    if algorithm == "column-shift":
+        assert kronecker.row_block_algorithm(nn.Conv2d(1, 1, **geometry)) is (
+            kronecker._column_shift_blocks
+        )
+    elif chosen is not None:
+        monkeypatch.setattr(kronecker, "row_block_algorithm", lambda m: chosen)
     monkeypatch.setattr(kronecker, "GRAM_BLOCK_ROWS", 8)  # K = 27..75: blocked Gram in use
     conv = nn.Conv2d(3, 2, **geometry).double()
     x = torch.randn(4, 3, 11, 10, dtype=torch.float64)
