@@ -41,23 +41,19 @@ class ModuleRule:
     derivative: Callable[[Record], Tensor] | None = None
 
 
-def scratch_empty(rec: Record, shape: tuple[int, ...], like: Tensor, what: str) -> Tensor:
-    """Return an uninitialised ``shape`` buffer from the session's pool (``rec.extra["_buffers"]``).
+def scratch_zeros(rec: Record, shape: tuple[int, ...], like: Tensor, what: str) -> Tensor:
+    """Return a zeroed ``shape`` buffer, from the session's pool (``rec.extra["_buffers"]``).
 
     Reusing last step's memory saves the page faults of a fresh large allocation on CPU (a
-    max-pool backward of 10 columns on 3C3D is 257 MB, a conv backward of one column on
-    All-CNN-C 50 MB); a buffer still referenced is never handed out twice (see
-    :class:`~extensions.buffers.BufferPool`).
+    max-pool backward of 10 columns on 3C3D is 257 MB); a buffer still referenced is never
+    handed out twice (see :class:`~extensions.buffers.BufferPool`). Only for scratch that is
+    large at few layers: the pool keeps one buffer per key between steps (pooling every conv
+    backward's output raised the peak RSS of All-CNN-C's DiagGGNMC from 744 to 929 MB).
     """
     pool = rec.extra.get("_buffers")
     if pool is None:
-        return like.new_empty(shape)
-    return pool.empty((rec.position, what), shape, like)
-
-
-def scratch_zeros(rec: Record, shape: tuple[int, ...], like: Tensor, what: str) -> Tensor:
-    """:func:`scratch_empty`, zeroed."""
-    return scratch_empty(rec, shape, like, what).zero_()
+        return like.new_zeros(shape)
+    return pool.empty((rec.position, what), shape, like).zero_()
 
 
 def _merge(mat: Tensor) -> tuple[Tensor, int]:
@@ -189,7 +185,7 @@ def conv2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
     """Transposed convolution of every column (``F.conv_transpose2d``), in chunks of columns."""
     m = rec.module
     flat, v = _merge(mat)  # a view also for a cropped ``mat`` (only the last dims are cut)
-    out = scratch_empty(rec, (flat.shape[0], *rec.input.shape[1:]), flat, "conv2d_jac_t")
+    out = flat.new_empty(flat.shape[0], *rec.input.shape[1:])
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
     h_out, w_out = flat.shape[-2:]
     output_padding = (

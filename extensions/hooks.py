@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.profiler import record_function
 
 from extensions import derivatives, first_order
 from extensions.buffers import BufferPool
@@ -316,9 +317,10 @@ class Session:
                         position="loss",
                         quantity=", ".join(q.name for q in self.second),
                     )
-                computed = _second_order.compute_second_order(
-                    self.trace, self.second, self.memory_budget, self.buffers
-                )
+                with record_function("extensions::second_order"):
+                    computed = _second_order.compute_second_order(
+                        self.trace, self.second, self.memory_budget, self.buffers
+                    )
                 for quantity, values in computed.items():
                     self.results.setdefault(quantity, {}).update(values)
         finally:
@@ -369,9 +371,16 @@ class _FirstOrder(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         session.queue_finish()
         _batch_bytes(session, module, x, ctx)
-        res = first_order.layer_quantities(
-            module, x, g, need_w, need_b and ctx.has_bias, session.first, session.allocator(module)
-        )
+        with record_function(f"extensions::first_order::{type(module).__name__}"):
+            res = first_order.layer_quantities(
+                module,
+                x,
+                g,
+                need_w,
+                need_b and ctx.has_bias,
+                session.first,
+                session.allocator(module),
+            )
         session.store(module, res)
         autograd_weight = need_w and res.grad_weight is None
         backward = _conv2d_backward if isinstance(module, nn.Conv2d) else _linear_backward

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from extensions import derivatives, kronecker, losses, per_sample
 from extensions.buffers import BufferPool
@@ -233,9 +234,10 @@ class _Engine:
                 for idx in range(stream.start, stop - 1, -1):
                     rec = views[idx]
                     if isinstance(rec.module, PARAM_MODULES):
-                        self._extract(rec, mat, stream)
+                        with _label("extract", rec):
+                            self._extract(rec, mat, stream)
                     if idx > stop:
-                        mat = derivatives.RULES[type(rec.module)].jac_t(rec, mat)
+                        mat = _jac_t(rec, mat)
                 del mat
 
     def _extract(self, rec: Record, mat: Tensor, stream: _Stream) -> None:
@@ -255,6 +257,17 @@ class _Engine:
                     key = self.names.get(id(p)) if p is not None else None
                     if key is not None:
                         _accumulate(target, key, b)
+
+
+def _label(phase: str, rec: Record) -> record_function:
+    """Open a profiler range ``extensions::<phase>::<module class>`` (``bench.profile_step``)."""
+    return record_function(f"extensions::{phase}::{type(rec.module).__name__}")
+
+
+def _jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """Apply ``rec``'s transposed Jacobian to the columns ``mat`` (a labelled profiler range)."""
+    with _label("jac_t", rec):
+        return derivatives.RULES[type(rec.module)].jac_t(rec, mat)
 
 
 def _no_columns(v0: int, v1: int, n0: int, n1: int) -> Tensor:
@@ -541,8 +554,7 @@ def _run_keep(
     for idx in range(stream.start, stop - 1, -1):
         keep(idx, mat)
         if idx > stop:
-            rec = engine.views[idx]
-            mat = derivatives.RULES[type(rec.module)].jac_t(rec, mat)
+            mat = _jac_t(engine.views[idx], mat)
 
 
 def _diagonal_columns(root: Tensor, shape: torch.Size) -> Callable[[int, int, int, int], Tensor]:
@@ -568,7 +580,8 @@ def _assemble_kronecker(
             continue
         w_key = engine.names.get(id(m.weight))
         b_key = engine.names.get(id(m.bias)) if m.bias is not None else None
-        a = _input_factor(rec) if w_key is not None else None
+        with _label("input_factor", rec):
+            a = _input_factor(rec) if w_key is not None else None
         for qname, factors in b_factors.items():
             if w_key is not None:
                 results[qname][w_key] = [factors[w_key], a]

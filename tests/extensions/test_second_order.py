@@ -409,18 +409,36 @@ def test_conv_input_factor_algorithms(geometry, algorithm, monkeypatch):
 
     structured = algorithm != "unfold"
     monkeypatch.setattr(kronecker, "use_structured_input_factor", lambda x, m: structured)
-    chosen = {"kernel-column": kronecker._kernel_column_blocks}.get(algorithm)
-    if algorithm == "column-shift":
-        assert kronecker.row_block_algorithm(nn.Conv2d(1, 1, **geometry)) is (
-            kronecker._column_shift_blocks
-        )
-    elif chosen is not None:
-        monkeypatch.setattr(kronecker, "row_block_algorithm", lambda m: chosen)
+    chosen = {
+        "kernel-column": kronecker._kernel_column_blocks,
+        "column-shift": kronecker._column_shift_blocks,
+    }.get(algorithm)
+    if chosen is not None:
+        monkeypatch.setattr(kronecker, "row_block_algorithm", lambda x, m: chosen)
     monkeypatch.setattr(kronecker, "GRAM_BLOCK_ROWS", 8)  # K = 27..75: blocked Gram in use
     conv = nn.Conv2d(3, 2, **geometry).double()
     x = torch.randn(4, 3, 11, 10, dtype=torch.float64)
     rec = Record("c", 0, conv, x, conv(x).detach())
     _close(kronecker.conv2d_input_factor(x, conv), input_factor(rec), "A")
+
+
+@pytest.mark.parametrize(
+    "channels, width, geometry, expected",
+    [
+        (96, 32, dict(kernel_size=3, padding=1), "_column_shift_blocks"),  # All-CNN-C
+        (192, 16, dict(kernel_size=3, padding=1), "_column_shift_blocks"),
+        (64, 14, dict(kernel_size=3), "_kernel_column_blocks"),  # 3C3D: 110 vs 108 columns
+        (96, 33, dict(kernel_size=3, stride=2), "_kernel_column_blocks"),  # column stride 2
+        (96, 32, dict(kernel_size=3, padding=1, dilation=(1, 2)), "_kernel_column_blocks"),
+    ],
+    ids=["allcnnc-32", "allcnnc-16", "3c3d-valid-14", "stride-2", "column-dilation"],
+)
+def test_conv_input_factor_picks_the_cheaper_row_algorithm(channels, width, geometry, expected):
+    from extensions import kronecker
+
+    x = torch.zeros(2, channels, width, width)
+    chosen = kronecker.row_block_algorithm(x, nn.Conv2d(channels, 8, **geometry))
+    assert chosen.__name__ == expected
 
 
 @pytest.mark.parametrize("rows", [1, 5, 17, 64], ids=lambda k: f"K{k}")
