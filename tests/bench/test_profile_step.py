@@ -41,15 +41,16 @@ def test_second_order_ranges_nest_inside_the_backward():
     import extensions
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    loss_fn = nn.CrossEntropyLoss()
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
     prof = profile_step.profile_variant(
         "DiagGGNMC",
         model,
-        nn.CrossEntropyLoss(),
+        loss_fn,
         (x, y),
         2,
         torch.device("cpu"),
-        extensions.collect(model, nn.CrossEntropyLoss(), "DiagGGNMC"),
+        extensions.collect(model, loss_fn, "DiagGGNMC"),
     )
     ranges = prof.ranges
     assert ranges["extensions::second_order"] <= ranges["step::backward"]

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slurm
 #: Columns that depend on the clock, not on the computation.
 TIMING_COLUMNS = ("train_time_s",)
 #: Epochs of the runs that get interrupted: enough to still be training after the first one.
-EPOCHS_PREEMPT = 8
+EPOCHS_PREEMPT = 16  # long enough that neither run ends while the other starts (was flaky at 8)
 
 
 def tiny_run(seed: int, epochs: int = 2, problem: str = "cifar10_3c3d", **options) -> RunConfig:
