@@ -107,8 +107,8 @@ def conv2d_input_factor(x: Tensor, module: nn.Conv2d) -> Tensor:
 
     * column stride and dilation 1: per column shift ``dj = j' - j`` (``2 k_w - 1`` of them, ``k_w``
       for ``di = 0`` by symmetry) one Gram over all image columns, minus the few boundary columns
-      kernel column ``j`` does not see (:func:`_column_shift_blocks`): ``(2 k_w - 1) k_h`` Gram
-      units instead of ``k_h^2 k_w^2`` for the unfolded ``U U^T``, 13 instead of 81 for 3x3;
+      kernel column ``j`` does not see (:func:`_column_shift_blocks`): ``k_w + (k_h - 1)
+      (2 k_w - 1)`` Gram units instead of ``k_h^2 k_w^2`` for the unfolded ``U U^T`` (13 vs 81);
     * otherwise the ``k_w`` kernel columns are stacked (:func:`_kernel_column_blocks`):
       ``k_h k_w^2`` units.
 
@@ -161,10 +161,17 @@ def row_block_algorithm(x: Tensor, module: nn.Conv2d) -> Callable[[Tensor, nn.Co
         return _kernel_column_blocks
     w = x.shape[-1]
     wo = w + 2 * pw - kw + 1
-    boundary = sum(1 for q in range(w) if q + pw < kw - 1 or q + pw >= wo)
+    unseen = _unseen_columns(w, kw, pw)
+    boundary = len({q for cols in unseen.values() for q in cols})
     shifts = 2 * kw - 1
     column_shift = shifts * (w + 2 * (kw - 1)) + shifts * boundary
     return _column_shift_blocks if column_shift < kw * kw * wo else _kernel_column_blocks
+
+
+def _unseen_columns(w: int, kw: int, pw: int) -> dict[int, list[int]]:
+    """Image columns (of ``w``) that kernel column ``j`` never sees (stride 1, padding ``pw``)."""
+    wo = w + 2 * pw - kw + 1
+    return {j: [q for q in range(w) if not j <= q + pw < j + wo] for j in range(kw)}
 
 
 def _kernel_column_blocks(x: Tensor, module: nn.Conv2d) -> RowBlocks:
@@ -205,8 +212,7 @@ def _column_shift_blocks(x: Tensor, module: nn.Conv2d) -> RowBlocks:
     buf = x.new_zeros(hp * c * m + 2 * e)
     rows4 = buf[e : e + hp * c * m].view(hp, c, n, w + 2 * e)
     rows4[ph : ph + h, :, :, e : e + w] = x.permute(2, 1, 0, 3)
-    wo = w + 2 * pw - kw + 1
-    unseen = {j: [q for q in range(w) if not j <= q + pw < j + wo] for j in range(kw)}
+    unseen = _unseen_columns(w, kw, pw)
     boundary = sorted({q for cols in unseen.values() for q in cols})
 
     # the boundary columns and their neighbours within e: [H_pad, nb, 2e + 1, C, N] (small)
