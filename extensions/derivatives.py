@@ -47,8 +47,8 @@ def scratch_zeros(rec: Record, shape: tuple[int, ...], like: Tensor, what: str) 
     Reusing last step's memory saves the page faults of a fresh large allocation on CPU (a
     max-pool backward of 10 columns on 3C3D is 257 MB); a buffer still referenced is never
     handed out twice (see :class:`~extensions.buffers.BufferPool`). Only for scratch that is
-    large at few layers: the pool keeps one buffer per key between steps (pooling every conv
-    backward's output raised the peak RSS of All-CNN-C's DiagGGNMC from 744 to 929 MB).
+    large at few layers: the pool keeps one buffer per key alive between steps (with every conv
+    backward's output pooled, All-CNN-C's DiagGGNMC read 929 MB peak RSS; 811 MB without).
     """
     pool = rec.extra.get("_buffers")
     if pool is None:
@@ -143,20 +143,32 @@ def prepare(rec: Record, multipliers: bool = True) -> None:
 def _elementwise_rule(
     derivative: Callable[[Record], Tensor],
     second: SecondDerivative | None = None,
-    jac_t: JacT | None = None,
+    keep_mask: Callable[[Record], tuple[Tensor, float] | None] | None = None,
 ) -> ModuleRule:
-    def default_jac_t(rec: Record, mat: Tensor) -> Tensor:
+    """Build the rule multiplying by ``derivative``: the cached one (``prepare``), else computed.
+
+    With ``keep_mask`` (ReLU, Dropout) an uncached derivative is applied as a 1-byte mask and a
+    scale: no activation-sized float temporary (a fresh, page-faulted 50 MB per All-CNN-C layer
+    on CPU when columns pass once); the values are the same.
+    """
+
+    def jac_t(rec: Record, mat: Tensor) -> Tensor:
         # in place: the engine owns every propagated ``mat`` (see ``prepare`` for the cache)
         cached = rec.extra.get("_multiplier")
-        return mat.mul_(cached if cached is not None else derivative(rec))
+        if cached is not None:
+            return mat.mul_(cached)
+        keep = keep_mask(rec) if keep_mask is not None else None
+        if keep is None:
+            return mat.mul_(derivative(rec))
+        mask, scale = keep
+        mat.mul_(mask)
+        return mat if scale == 1.0 else mat.mul_(scale)
 
     def kfra(rec: Record, g: Tensor) -> Tensor:
         d = derivative(rec).flatten(1)  # [N, h]
         return g * (d.t() @ d) / d.shape[0]
 
-    return ModuleRule(
-        jac_t=jac_t or default_jac_t, kfra=kfra, second_derivative=second, derivative=derivative
-    )
+    return ModuleRule(jac_t=jac_t, kfra=kfra, second_derivative=second, derivative=derivative)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,38 +341,23 @@ def _identity_jac_t(rec: Record, mat: Tensor) -> Tensor:
     return mat
 
 
-def _keep_mask(rec: Record) -> tuple[Tensor, float] | None:
-    """``(boolean keep-mask, scale)`` of ReLU / train-mode Dropout with a recorded bool mask."""
-    module = rec.module
-    if isinstance(module, nn.ReLU):
-        return rec.input > 0, 1.0
-    mask = rec.extra.get("mask")
+def relu_keep_mask(rec: Record) -> tuple[Tensor, float]:
+    """``(input > 0, 1)``: ReLU's derivative as a 1-byte mask and a scale."""
+    return rec.input > 0, 1.0
+
+
+def dropout_keep_mask(rec: Record) -> tuple[Tensor, float] | None:
+    """``(keep-mask, 1 / (1 - p))`` in train mode with a recorded boolean mask, else None."""
+    module, mask = rec.module, rec.extra.get("mask")
     if module.training and 0 < module.p < 1 and mask is not None and mask.dtype == torch.bool:
         return mask, 1 / (1 - module.p)
     return None
 
 
-def masked_jac_t(rec: Record, mat: Tensor) -> Tensor:
-    """ReLU / Dropout: multiply by the cached derivative, else by the 1-byte keep-mask in place.
-
-    The mask path allocates no activation-sized float temporary (a fresh, page-faulted 50 MB
-    per All-CNN-C layer on CPU when columns pass once); same values as the derivative.
-    """
-    cached = rec.extra.get("_multiplier")
-    if cached is not None:
-        return mat.mul_(cached)
-    keep = _keep_mask(rec)
-    if keep is None:
-        return mat.mul_(dropout_derivative(rec))
-    mask, scale = keep
-    mat.mul_(mask)
-    return mat if scale == 1.0 else mat.mul_(scale)
-
-
-_RELU = _elementwise_rule(relu_derivative, jac_t=masked_jac_t)
+_RELU = _elementwise_rule(relu_derivative, keep_mask=relu_keep_mask)
 _SIGMOID = _elementwise_rule(sigmoid_derivative, sigmoid_second_derivative)
 _TANH = _elementwise_rule(tanh_derivative, tanh_second_derivative)
-_DROPOUT = _elementwise_rule(dropout_derivative, jac_t=masked_jac_t)
+_DROPOUT = _elementwise_rule(dropout_derivative, keep_mask=dropout_keep_mask)
 
 #: The single dispatch table (exact class, like BackPACK).
 RULES: dict[type[nn.Module], ModuleRule] = {
