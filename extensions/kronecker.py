@@ -219,17 +219,14 @@ def _column_shift_blocks(x: Tensor, module: nn.Conv2d) -> RowBlocks:
     window = torch.stack([rows4[..., q : q + 2 * e + 1] for q in boundary or [0]], 1)
     window = window.permute(0, 1, 4, 2, 3).contiguous()
 
-    def rows_at(rows: list[int], dj: int) -> Tensor:
-        """``[R, C, m]``: input rows ``rows``, shifted by ``dj`` columns (a view if arithmetic)."""
-        step = rows[1] - rows[0] if len(rows) > 1 else 1
-        if any(b - a != step for a, b in zip(rows, rows[1:])):
-            return torch.stack([rows_at([u], dj)[0] for u in rows])
-        return buf.as_strided((len(rows), c, m), (step * c * m, m, 1), e + rows[0] * c * m + dj)
+    def shifted(dj: int) -> Tensor:
+        """``[H_pad, C, m]``: every input row shifted by ``dj`` columns (a view of ``buf``)."""
+        return buf.as_strided((hp, c, m), (c * m, m, 1), e + dj)
 
     def row_blocks(needed: list[int], shift: int) -> Callable[[list[int]], Tensor]:
         shifts = list(range(0 if shift == 0 else -e, kw))  # shift 0: the rest by symmetry
-        left = rows_at(needed, 0)
-        right = [rows_at([u + shift for u in needed], dj) for dj in shifts]
+        left = _select_rows(shifted(0), needed)
+        right = [_select_rows(shifted(dj), [u + shift for u in needed]) for dj in shifts]
         full = [torch.bmm(left, r.transpose(1, 2)) for r in right]  # [R, C, C] per shift
 
         # products of the boundary columns alone: [R, nb, C, shifts, C]
