@@ -39,6 +39,10 @@ class ModuleRule:
     second_derivative: SecondDerivative | None = None
     #: for elementwise modules: ``d out / d in`` per sample (``jac_t`` multiplies by it in place)
     derivative: Callable[[Record], Tensor] | None = None
+    #: recorded tensors ("input", "output") whose *values* the second-order pass reads for this
+    #: module (rules, extraction, input factors); the others are kept as shapes only
+    #: (:func:`~extensions.trace.shape_only`), so the forward keeps no extra activation alive
+    reads: frozenset[str] = frozenset()
 
 
 def scratch_zeros(rec: Record, shape: tuple[int, ...], like: Tensor, what: str) -> Tensor:
@@ -71,8 +75,8 @@ def _split(mat: Tensor, v: int) -> Tensor:
 
 
 def relu_derivative(rec: Record) -> Tensor:
-    """``d out / d in`` of ReLU (0 at 0, as PyTorch's backward)."""
-    return (rec.input > 0).to(rec.input.dtype)
+    """``d out / d in`` of ReLU from the recorded output (``out > 0`` iff ``in > 0``; 0 at 0)."""
+    return (rec.output > 0).to(rec.output.dtype)
 
 
 def sigmoid_derivative(rec: Record) -> Tensor:
@@ -143,13 +147,14 @@ def prepare(rec: Record, multipliers: bool = True) -> None:
 def _elementwise_rule(
     derivative: Callable[[Record], Tensor],
     second: SecondDerivative | None = None,
-    keep_mask: Callable[[Record], tuple[Tensor, float] | None] | None = None,
+    apply: Callable[[Record, Tensor], Tensor | None] | None = None,
+    reads: frozenset[str] = frozenset({"output"}),
 ) -> ModuleRule:
     """Build the rule multiplying by ``derivative``: the cached one (``prepare``), else computed.
 
-    With ``keep_mask`` (ReLU, Dropout) an uncached derivative is applied as a 1-byte mask and a
-    scale: no activation-sized float temporary (a fresh, page-faulted 50 MB per All-CNN-C layer
-    on CPU when columns pass once); the values are the same.
+    ``apply(rec, mat)`` (ReLU, Dropout) multiplies ``mat`` in place without forming the float
+    derivative (a fresh, page-faulted activation-sized temporary on CPU when columns pass once);
+    it may return ``None`` to fall back to ``derivative``.
     """
 
     def jac_t(rec: Record, mat: Tensor) -> Tensor:
@@ -157,18 +162,16 @@ def _elementwise_rule(
         cached = rec.extra.get("_multiplier")
         if cached is not None:
             return mat.mul_(cached)
-        keep = keep_mask(rec) if keep_mask is not None else None
-        if keep is None:
-            return mat.mul_(derivative(rec))
-        mask, scale = keep
-        mat.mul_(mask)
-        return mat if scale == 1.0 else mat.mul_(scale)
+        done = apply(rec, mat) if apply is not None else None
+        return mat.mul_(derivative(rec)) if done is None else done
 
     def kfra(rec: Record, g: Tensor) -> Tensor:
         d = derivative(rec).flatten(1)  # [N, h]
         return g * (d.t() @ d) / d.shape[0]
 
-    return ModuleRule(jac_t=jac_t, kfra=kfra, second_derivative=second, derivative=derivative)
+    return ModuleRule(
+        jac_t=jac_t, kfra=kfra, second_derivative=second, derivative=derivative, reads=reads
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,30 +344,44 @@ def _identity_jac_t(rec: Record, mat: Tensor) -> Tensor:
     return mat
 
 
-def relu_keep_mask(rec: Record) -> tuple[Tensor, float]:
-    """``(input > 0, 1)``: ReLU's derivative as a 1-byte mask and a scale."""
-    return rec.input > 0, 1.0
+def relu_apply(rec: Record, mat: Tensor) -> Tensor:
+    """Zero ``mat`` where the ReLU output is 0, in place: autograd's own ReLU backward kernel.
+
+    ``mat * (out > 0)`` with a boolean mask runs about 10x slower on CPU (a float copy of the mask
+    per call).
+    """
+    out = rec.output.expand_as(mat)
+    return torch.ops.aten.threshold_backward.grad_input(mat, out, 0, grad_input=mat)
 
 
-def dropout_keep_mask(rec: Record) -> tuple[Tensor, float] | None:
-    """``(keep-mask, 1 / (1 - p))`` in train mode with a recorded boolean mask, else None."""
+def dropout_apply(rec: Record, mat: Tensor) -> Tensor | None:
+    """``mat * keep / (1 - p)`` in place, in train mode with a recorded boolean mask (else None).
+
+    In eval mode (or ``p = 0``) dropout is the identity: ``mat`` is returned as it is.
+    """
     module, mask = rec.module, rec.extra.get("mask")
+    if not module.training or module.p == 0:
+        return mat
     if module.training and 0 < module.p < 1 and mask is not None and mask.dtype == torch.bool:
-        return mask, 1 / (1 - module.p)
+        return mat.mul_(mask).mul_(1 / (1 - module.p))
     return None
 
 
-_RELU = _elementwise_rule(relu_derivative, keep_mask=relu_keep_mask)
+_RELU = _elementwise_rule(relu_derivative, apply=relu_apply)
 _SIGMOID = _elementwise_rule(sigmoid_derivative, sigmoid_second_derivative)
 _TANH = _elementwise_rule(tanh_derivative, tanh_second_derivative)
-_DROPOUT = _elementwise_rule(dropout_derivative, keep_mask=dropout_keep_mask)
+_DROPOUT = _elementwise_rule(dropout_derivative, apply=dropout_apply, reads=frozenset())
+
+_INPUT = frozenset({"input"})  # Linear/Conv2d: extraction and input factors; MaxPool2d: argmax
 
 #: The single dispatch table (exact class, like BackPACK).
 RULES: dict[type[nn.Module], ModuleRule] = {
-    nn.Linear: ModuleRule(jac_t=linear_jac_t, kfra=linear_kfra),
-    nn.Conv2d: ModuleRule(jac_t=conv2d_jac_t, kfra=sample_independent_kfra(conv2d_jac_t)),
+    nn.Linear: ModuleRule(jac_t=linear_jac_t, kfra=linear_kfra, reads=_INPUT),
+    nn.Conv2d: ModuleRule(
+        jac_t=conv2d_jac_t, kfra=sample_independent_kfra(conv2d_jac_t), reads=_INPUT
+    ),
     nn.ZeroPad2d: ModuleRule(jac_t=zeropad2d_jac_t, kfra=sample_independent_kfra(zeropad2d_jac_t)),
-    nn.MaxPool2d: ModuleRule(jac_t=maxpool2d_jac_t, kfra=maxpool2d_kfra),
+    nn.MaxPool2d: ModuleRule(jac_t=maxpool2d_jac_t, kfra=maxpool2d_kfra, reads=_INPUT),
     nn.AvgPool2d: ModuleRule(jac_t=avgpool2d_jac_t, kfra=sample_independent_kfra(avgpool2d_jac_t)),
     nn.AdaptiveAvgPool2d: ModuleRule(
         jac_t=adaptive_avgpool2d_jac_t, kfra=sample_independent_kfra(adaptive_avgpool2d_jac_t)

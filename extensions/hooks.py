@@ -32,7 +32,7 @@ from extensions import derivatives, first_order
 from extensions.buffers import BufferPool
 from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import Quantity, resolve
-from extensions.trace import LossRecord, Record, Trace
+from extensions.trace import LossRecord, Record, Trace, shape_only
 
 try:  # the second-order part is developed separately; first order works without it
     from extensions import second_order as _second_order
@@ -234,13 +234,19 @@ class Session:
         if not torch.is_grad_enabled():
             return
         extra = self._pending_extra.pop(id(module), {})
+        rule = derivatives.rule_for(module)
+        reads = rule.reads if rule is not None else ("input", "output")
+
+        def keep(t: Tensor, what: str) -> Tensor:
+            return t.detach() if what in reads else shape_only(t)
+
         self.trace.records.append(
             Record(
                 name=name,
                 position=len(self.trace.records),
                 module=module,
-                input=args[0].detach(),
-                output=output.detach(),
+                input=keep(args[0], "input"),
+                output=keep(output, "output"),
                 extra=extra,
             )
         )

@@ -434,6 +434,39 @@ def test_dropout_inside_second_order_context_matches_plain_forward():
     assert set(results["DiagGGNMC"]) == {n for n, _ in model.named_parameters()}
 
 
+@needs_second_order
+@pytest.mark.parametrize("quantity", ["DiagGGNMC", "KFAC", "DiagHessian"])
+def test_trace_keeps_only_the_activations_the_backward_reads(quantity):
+    """A conv output that ReLU does not need is freed during forward, as without the context."""
+    import weakref
+
+    from extensions import derivatives
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4))
+    x, y = torch.randn(5, 2, 4, 4), torch.randint(0, 4, (5,))
+    conv_out = []
+    model[0].register_forward_hook(lambda m, a, out: conv_out.append(weakref.ref(out)))
+    session = hooks.Session(model, nn.CrossEntropyLoss(), [quantity], 2**30)
+    session.attach()
+    try:
+        loss = session.loss_fn(model(x), y)
+        assert conv_out[0]() is None  # nobody holds the conv output: not even the trace
+        for rec in session.trace.records:
+            reads = derivatives.RULES[type(rec.module)].reads
+            for what in ("input", "output"):
+                stored = getattr(rec, what).untyped_storage().nbytes()
+                assert (stored > 4) == (what in reads), (rec.name, what)
+        loss.backward()
+    finally:
+        session.detach()
+    results = session.results[quantity]
+    assert set(results) == {n for n, _ in model.named_parameters()}
+    assert all(
+        torch.isfinite(v if isinstance(v, torch.Tensor) else v[0]).all() for v in results.values()
+    )
+
+
 @pytest.mark.parametrize("module", ["extensions", "extensions.api", "extensions.per_sample"])
 def test_docstring_examples_run(module):
     import doctest
