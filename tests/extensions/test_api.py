@@ -434,6 +434,40 @@ def test_dropout_inside_second_order_context_matches_plain_forward():
     assert set(results["DiagGGNMC"]) == {n for n, _ in model.named_parameters()}
 
 
+def _plain_grads(model, loss_fn, x, y):
+    reference = copy.deepcopy(model)
+    loss_fn(reference(x), y).backward()
+    return [p.grad for p in reference.parameters()]
+
+
+@needs_second_order
+def test_autograd_grad_inside_a_second_order_context_is_plain_autograd():
+    model, loss_fn, x, y = problem("mini-3c3d")
+    expected = _plain_grads(model, loss_fn, x, y)
+    with extensions.collect(model, loss_fn, "DiagGGNMC") as results:
+        got = torch.autograd.grad(loss_fn(model(x), y), list(model.parameters()))
+    assert set(results["DiagGGNMC"]) == {n for n, _ in model.named_parameters()}
+    for g, want in zip(got, expected):
+        torch.testing.assert_close(g, want)
+
+
+@needs_second_order
+def test_a_second_order_error_is_raised_after_grad_is_filled():
+    """KFRA refused at the end of the backward: backward raises, .grad is complete."""
+    model, loss_fn, x, y = problem("mini-3c3d")
+    expected = _plain_grads(model, loss_fn, x, y)
+    with extensions.collect(model, loss_fn, ["DiagGGNMC", "KFRA"], memory_budget=1000):
+        with pytest.raises(extensions.MemoryBudgetError, match="KFRA"):
+            loss_fn(model(x), y).backward()
+        for p, want in zip(model.parameters(), expected):
+            torch.testing.assert_close(p.grad, want)
+        model.zero_grad(set_to_none=True)
+        with pytest.raises(extensions.MemoryBudgetError, match="KFRA"):  # and again, cleanly
+            loss_fn(model(x), y).backward()
+    for p, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, want)
+
+
 @needs_second_order
 @pytest.mark.parametrize("quantity", ["DiagGGNMC", "KFAC", "DiagHessian"])
 def test_trace_keeps_only_the_activations_the_backward_reads(quantity):

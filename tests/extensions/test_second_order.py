@@ -12,6 +12,8 @@ Oracles:
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -207,12 +209,20 @@ def _setup(net, loss, batch_size=3, eval_mode=False):
 def ours(model, loss_fn, x, y, rng, quantities, memory_budget=None) -> dict:
     """The real path: ``extensions.compute`` (hooks + trace + compute_second_order).
 
-    The RNG is reset to ``rng`` first so dropout draws the same masks as the oracles.
+    The RNG is reset to ``rng`` first so dropout draws the same masks as the oracles. Every call
+    also checks that ``.grad`` is plain autograd's.
     """
-    if rng is not None:
-        torch.set_rng_state(rng)
+    rng = torch.get_rng_state() if rng is None else rng
+    reference = copy.deepcopy(model)
+    torch.set_rng_state(rng)
+    loss_fn(reference(x), y).backward()
+    torch.set_rng_state(rng)
+    model.zero_grad(set_to_none=True)
     kwargs = {} if memory_budget is None else {"memory_budget": memory_budget}
-    return extensions.compute(model, loss_fn, x, y, list(quantities), **kwargs)
+    results = extensions.compute(model, loss_fn, x, y, list(quantities), **kwargs)
+    for (name, p), r in zip(model.named_parameters(), reference.parameters()):
+        _close(p.grad, r.grad, f".grad {name} with {list(quantities)}")
+    return results
 
 
 def _close(a: Tensor, b: Tensor, what: str) -> None:
