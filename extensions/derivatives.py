@@ -114,6 +114,8 @@ def dropout_derivative(rec: Record) -> Tensor:
         return cached
     if not module.training or module.p == 0:
         return torch.ones_like(rec.input)
+    if module.p == 1:  # everything dropped (no 0/0 from the scale)
+        return torch.zeros_like(rec.input)
     mask = rec.extra.get("mask")
     if mask is None:
         raise ValueError(
@@ -357,12 +359,15 @@ def relu_apply(rec: Record, mat: Tensor) -> Tensor:
 def dropout_apply(rec: Record, mat: Tensor) -> Tensor | None:
     """``mat * keep / (1 - p)`` in place, in train mode with a recorded boolean mask (else None).
 
-    In eval mode (or ``p = 0``) dropout is the identity: ``mat`` is returned as it is.
+    In eval mode (or ``p = 0``) dropout is the identity: ``mat`` is returned as it is; with
+    ``p = 1`` its Jacobian is zero.
     """
     module, mask = rec.module, rec.extra.get("mask")
     if not module.training or module.p == 0:
         return mat
-    if module.training and 0 < module.p < 1 and mask is not None and mask.dtype == torch.bool:
+    if module.p == 1:
+        return mat.zero_()
+    if mask is not None and mask.dtype == torch.bool:
         return mat.mul_(mask).mul_(1 / (1 - module.p))
     return None
 

@@ -282,6 +282,22 @@ def test_diag_hessian_train_mode_dropout_and_relu_net():
         _close(res[name], ref, f"DiagHessian {name}")
 
 
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0], ids=["p0", "p05", "p1"])
+def test_train_mode_dropout_probabilities(p):
+    """Dropout's Jacobian in train mode: identity (p=0), mask / (1-p), zero (p=1, no 0/0)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(p), nn.Linear(4, 2))
+    model = model.double().train()
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,))
+    rng = torch.get_rng_state()
+    res = ours(model, loss_fn, x, y, rng, ["DiagGGNExact", "KFLR"])
+    ggn = ggn_diagonal(model, loss_fn, x, y, rng)
+    for name in ggn:
+        _close(res["DiagGGNExact"][name], ggn[name], f"DiagGGNExact {name} p={p}")
+    assert all(torch.isfinite(f).all() for v in res["KFLR"].values() for f in v)
+
+
 def test_diag_hessian_residuals_are_nonzero_on_sigmoid_net():
     """Guard: on a sigmoid net the Hessian diagonal differs from the GGN diagonal."""
     net = next(c for c in NET_CASES if c.id == "mlp-sigmoid")
