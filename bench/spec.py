@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor, nn
+
+from problems.registry import PROBLEMS as PROBLEMS  # re-exported: the one list of names
 
 # --------------------------------------------------------------------------------------------
 # Names shared by every package
@@ -33,8 +34,8 @@ QUANTITIES = FIRST_ORDER + SECOND_ORDER
 C_COLUMN_QUANTITIES = ("DiagGGNExact", "KFLR", "DiagHessian")
 GRAD = "grad"
 
-#: The problems (``problems.get(name)``). cifar10_allcnnc is ours, not DeepOBS's.
-PROBLEMS = ("cifar10_3c3d", "cifar100_3c3d", "cifar10_allcnnc", "cifar100_allcnnc")
+#: The problems (``problems.get(name)``): ``PROBLEMS``, imported above from ``problems.registry``,
+#: the one list of names.
 
 # --------------------------------------------------------------------------------------------
 # problems
@@ -145,9 +146,3 @@ GRIDSEARCH_COLUMNS = (
     "test_acc",
     "train_time_s",
 )
-
-
-def device_of(module: nn.Module) -> torch.device:
-    """Return the device of a module's first parameter (CPU for a parameter-free module)."""
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")

@@ -29,17 +29,11 @@ from torch.autograd.function import once_differentiable
 from torch.profiler import record_function
 
 from extensions import derivatives, first_order
+from extensions import second_order as _second_order
 from extensions.buffers import BufferPool
 from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import Quantity, resolve
 from extensions.trace import LossRecord, Record, Trace, shape_only
-
-try:  # the second-order part is developed separately; first order works without it
-    from extensions import second_order as _second_order
-except ModuleNotFoundError as err:  # pragma: no cover - depends on the checkout
-    if err.name != "extensions.second_order":
-        raise
-    _second_order = None
 
 #: loss modules with rules (exact classes) and their supported reductions
 SUPPORTED_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss)
@@ -146,12 +140,6 @@ class Session:
             if self.first and any(p.requires_grad for p in module.parameters(recurse=False)):
                 first_order.check_module(module, name, ", ".join(self.first))
         if self.second:
-            if _second_order is None:
-                raise UnsupportedModuleError(
-                    "second-order quantities are not available in this checkout "
-                    "(extensions.second_order is missing)",
-                    quantity=", ".join(q.name for q in self.second),
-                )
             _second_order.check_supported(self.model, self.second)
 
     # -- attach / detach -------------------------------------------------------------------------

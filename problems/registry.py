@@ -19,10 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.spec import PROBLEMS, device_of
 from problems.nets import ARCHITECTURES
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    """Return the device of a module's first parameter (CPU for a parameter-free module)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ class CifarProblem:
             for param in group["params"]
         ]
         if not terms:
-            return torch.zeros((), device=device_of(model))
+            return torch.zeros((), device=_device_of(model))
         return 0.5 * sum(terms)
 
     def num_parameters(self) -> int:
@@ -256,11 +261,12 @@ _REGISTRY: dict[str, CifarProblem] = {
         ),
     )
 }
-assert tuple(_REGISTRY) == PROBLEMS, "registry order must follow bench.spec.PROBLEMS"
+#: The problem names, in registry order (``curvbench problems`` lists them).
+PROBLEMS = tuple(_REGISTRY)
 
 
 def names() -> tuple[str, ...]:
-    """Return the problem names, in ``bench.spec.PROBLEMS`` order."""
+    """Return the problem names, in registry order."""
     return tuple(_REGISTRY)
 
 
