@@ -45,7 +45,7 @@ overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) -> results/overh
 	$(VENV)/bin/curvbench overhead $(ARGS)
 
 overhead-table: $(STAMP) ## ours vs BackPACK, per quantity, both networks, batch 128 (the extensions issue's table)
-	$(PY) -m bench.compare_table $(ARGS)
+	$(PY) -m bench.overhead.compare_table $(ARGS)
 
 figures: $(STAMP) ## rebuild plots/ and the REPORT.md files from the committed CSVs
 	$(VENV)/bin/curvbench figures $(ARGS)
@@ -57,7 +57,7 @@ gridsearch-smoke: $(STAMP) ## a tiny grid on synthetic data, end to end, with a 
 	$(VENV)/bin/curvbench gridsearch smoke $(ARGS)
 
 test-slurm: $(STAMP) ## SLURM executor tests on a real one-node cluster (root; .ci/slurm-setup.sh first)
-	$(PY) -m pytest -q tests/slurm
+	$(PY) -m pytest -q tests/bench/gridsearch/slurm
 
 gate: $(STAMP) ## the CI timing-regression gate alone
 	$(PY) -m pytest -q -m timing

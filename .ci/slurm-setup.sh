@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install what the SLURM tests (tests/slurm) need: Debian's slurmctld, slurmd, slurm-client and
+# Install what the SLURM tests (tests/bench/gridsearch/slurm) need: Debian's slurmctld, slurmd, slurm-client and
 # munge. Idempotent; returns at once when everything is already installed. Run as root (CI).
-# The tests start their own single-node cluster in a temp folder (tests/slurm/cluster.py): this
+# The tests start their own single-node cluster in a temp folder (tests/bench/gridsearch/slurm/cluster.py): this
 # script only installs packages, configures and starts nothing.
 set -euo pipefail
 

@@ -6,9 +6,10 @@
     curvbench gridsearch --help         # the paper's alpha/lambda grid search
     curvbench figures                   # rebuild plots/ and REPORT.md from results/
 
-Each subcommand lives in ``bench/commands/<name>.py`` and exposes ``add_parser(subparsers)``,
-which registers its parser and sets ``func`` (called with the parsed namespace; returns an exit
-code). Commands are imported lazily so that ``--help`` stays fast.
+This module only dispatches. Each experiment (wing) owns its command: ``bench/overhead/cli.py``
+and ``bench/gridsearch/cli.py``; the commands that serve both (``problems``, ``data``,
+``figures``) live in ``bench/commands/``. Each exposes ``add_parser(subparsers)``, which registers
+its parser and sets ``func`` (called with the parsed namespace; returns an exit code).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import argparse
 import importlib
 import sys
 
-#: subcommand name -> module under bench.commands
+#: subcommand name -> the module that registers it
 COMMANDS = {
-    "problems": "problems",
-    "data": "data",
-    "overhead": "overhead",
-    "gridsearch": "gridsearch",
-    "figures": "figures",
+    "problems": "bench.commands.problems",
+    "data": "bench.commands.data",
+    "overhead": "bench.overhead.cli",
+    "gridsearch": "bench.gridsearch.cli",
+    "figures": "bench.commands.figures",
 }
 
 
@@ -35,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS.values():
-        try:
-            module = importlib.import_module(f"bench.commands.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"bench.commands.{module_name}":
-                raise
-            continue  # not built yet
-        module.add_parser(sub)
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 

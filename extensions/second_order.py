@@ -260,7 +260,7 @@ class _Engine:
 
 
 def _label(phase: str, rec: Record) -> record_function:
-    """Open a profiler range ``extensions::<phase>::<module class>`` (``bench.profile_step``)."""
+    """Open a profiler range ``extensions::<phase>::<module class>`` (read by profile_step)."""
     return record_function(f"extensions::{phase}::{type(rec.module).__name__}")
 
 

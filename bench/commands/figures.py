@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def overhead_figures(results: Path, plots: Path) -> list[Path]:
     """Figures and REPORT.md of every ``<results>/overhead/*.csv``."""
-    from bench.overhead_figures import make_all
-    from bench.overhead_report import write_report
+    from bench.overhead.figures import make_all
+    from bench.overhead.report import write_report
 
     csvs = sorted((results / "overhead").glob("*.csv"))
     if not csvs:
@@ -45,15 +44,10 @@ def overhead_figures(results: Path, plots: Path) -> list[Path]:
 
 
 def gridsearch_figures(results: Path, plots: Path) -> list[Path]:
-    """Build the grid-search figures (``bench.gridsearch_figures.make_all``) if it exists."""
-    try:
-        module = importlib.import_module("bench.gridsearch_figures")
-    except ModuleNotFoundError as err:
-        if err.name != "bench.gridsearch_figures":
-            raise
-        print("figures: bench.gridsearch_figures is not in this checkout; skipping gridsearch")
-        return []
-    return list(module.make_all(results / "gridsearch", plots) or [])
+    """Build the grid-search figures and REPORT.md (``bench.gridsearch.figures.make_all``)."""
+    from bench.gridsearch.figures import make_all
+
+    return list(make_all(results / "gridsearch", plots) or [])
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """The paper's curvature-preconditioned optimizers and the first-order baselines.
 
 ``make_optimizer(method, groups, lr, damping, **options)`` builds either; the training loop
-(``bench.train``) gets the curvature per step from :func:`loss_and_curvature`.
+(``bench.gridsearch.train``) gets the curvature per step from :func:`loss_and_curvature`.
 """
 
 from __future__ import annotations

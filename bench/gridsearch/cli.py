@@ -1,0 +1,407 @@
+"""``curvbench gridsearch``: the paper's alpha/lambda grid search, its status and its smoke test.
+
+    curvbench gridsearch run                      # the paper's grid + 10-seed reruns (resumable)
+    curvbench gridsearch run --problems cifar10_3c3d --methods KFAC Adam -j 2 --runs-per-slot 2
+    curvbench gridsearch status                   # expected / done / running / ... per method
+    curvbench gridsearch best                     # the chosen setting per (problem, method)
+    curvbench gridsearch smoke                    # tiny synthetic grid, kill -9, resume, figures
+
+Every run is identified by a hash of its config; rerunning skips finished runs, resumes
+interrupted ones from their last epoch checkpoint, and a changed grid reuses what matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.gridsearch.cli_slurm import add_slurm_arguments, slurm_options_from_args
+from bench.gridsearch.grid import (
+    BASELINE_LRS,
+    BEST_SEEDS,
+    GRID_SEED,
+    METHODS,
+    PAPER_DAMPINGS,
+    PAPER_LRS,
+    PAPER_METHODS,
+    RunConfig,
+    grid,
+)
+from bench.gridsearch.store import STATUS_COLUMNS, RunStore, best_settings, seed_runs, status_table
+
+DEFAULT_PROBLEMS = ("cifar10_3c3d", "cifar100_allcnnc")
+DEFAULT_OUT = "results/gridsearch/paper"
+
+
+def _floats(text: str) -> float:
+    return float(text)
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that define the sweep's runs (shared by run, status and best)."""
+    g = parser.add_argument_group("what to run")
+    g.add_argument(
+        "--problems",
+        nargs="+",
+        default=list(DEFAULT_PROBLEMS),
+        help="problems (default: %(default)s)",
+    )
+    g.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=METHODS,
+        metavar="METHOD",
+        help=f"methods among {', '.join(METHODS)} (default: the paper's per problem)",
+    )
+    g.add_argument("--lrs", nargs="+", type=_floats, default=list(PAPER_LRS), help="curvature lrs")
+    g.add_argument(
+        "--dampings", nargs="+", type=_floats, default=list(PAPER_DAMPINGS), help="dampings"
+    )
+    g.add_argument(
+        "--baseline-lrs",
+        nargs="+",
+        type=_floats,
+        default=list(BASELINE_LRS),
+        help="baseline lrs (default: DeepOBS's 36 values 1e-5..1e2)",
+    )
+    g.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=list(BEST_SEEDS),
+        help="seeds of the best setting's reruns (default 42..51)",
+    )
+    g.add_argument("--no-best", action="store_true", help="run the grid only, no seed reruns")
+    g.add_argument("--epochs", type=int, default=None, help="epochs (default: the problem's)")
+    g.add_argument("--batch-size", type=int, default=None, help="default: the problem's")
+    g.add_argument("--source", choices=("cifar", "synthetic"), default="cifar")
+    g.add_argument(
+        "--average",
+        choices=("mean", "fresh"),
+        default=None,
+        help="curvature estimate: running mean since the start (paper's code, default) or "
+        "this batch's (paper's text)",
+    )
+    g.add_argument(
+        "--inverse-every", type=int, default=None, help="recompute inverses every k steps (1)"
+    )
+    g.add_argument(
+        "--backend",
+        choices=("auto", "ours", "backpack"),
+        default=None,
+        help="curvature implementation (default auto: ours)",
+    )
+    g.add_argument(
+        "--max-steps-per-epoch",
+        type=int,
+        default=None,
+        help="SMOKE ONLY: truncate every epoch to this many steps",
+    )
+    g.add_argument("--n-train", type=int, default=None, help="use this many training images")
+    g.add_argument("--n-test", type=int, default=None, help="use this many test images")
+    g.add_argument("--train-eval-size", type=int, default=None, help="train_eval images")
+    g.add_argument("--out", default=DEFAULT_OUT, help="the run store (default: %(default)s)")
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Return ``RunConfig.options`` from the parsed flags (unset flags are left out)."""
+    options: dict[str, Any] = {}
+    for key in ("average", "inverse_every", "backend", "max_steps_per_epoch"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    data = {
+        k: getattr(args, k)
+        for k in ("n_train", "n_test", "train_eval_size")
+        if getattr(args, k) is not None
+    }
+    if data:
+        options["data"] = data
+    return options
+
+
+def grid_jobs(args: argparse.Namespace, device: str = "cpu") -> list[RunConfig]:
+    """Return the grid runs the flags describe (problem defaults for epochs/batch size)."""
+    import problems
+
+    jobs = []
+    for name in args.problems:
+        problem = problems.get(name)
+        jobs += grid(
+            [name],
+            args.methods or PAPER_METHODS.get(name),
+            lrs=args.lrs,
+            dampings=args.dampings,
+            baseline_lrs=args.baseline_lrs,
+            seed=GRID_SEED,
+            epochs=args.epochs or problem.epochs,
+            batch_size=args.batch_size or problem.batch_size,
+            source=args.source,
+            options=options_from_args(args),
+            device=device,
+        )
+    return jobs
+
+
+def plan_from_argv(argv: list[str]) -> tuple[list[RunConfig], list[int]]:
+    """Return the grid runs and the rerun seeds that ``gridsearch run argv`` would use (CPU)."""
+    parser = argparse.ArgumentParser()
+    add_sweep_arguments(parser)
+    args, _ = parser.parse_known_args(argv)
+    return grid_jobs(args, "cpu"), args.seeds
+
+
+def print_status(grid: list[RunConfig], store: RunStore, seeds: list[int], best: bool) -> int:
+    """Print the status table (grid + known seed reruns); returns the runs left."""
+    chosen = best_settings(grid, store) if best else {}
+    jobs = grid + seed_runs(chosen, seeds)
+    rows = status_table(jobs, store)
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in STATUS_COLUMNS}
+    print("  ".join(c.ljust(widths[c]) for c in STATUS_COLUMNS))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in STATUS_COLUMNS))
+    left = sum(r["expected"] - r["finished"] - r["diverged"] for r in rows)
+    undecided = [f"{p}/{m}" for (p, m), cfg in chosen.items() if cfg is None]
+    print(f"left: {left} run(s) in {store.root}")
+    if best and undecided:
+        print(
+            f"seed reruns not planned yet (grid unfinished or all diverged): {', '.join(undecided)}"
+        )
+    return left
+
+
+# --------------------------------------------------------------------------------------------
+# subcommands
+# --------------------------------------------------------------------------------------------
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the grid, then the best settings' seed reruns; print what is left."""
+    from bench.gridsearch.executors import make_executor
+
+    device = args.device or _default_device()
+    gpus = args.gpus
+    if device.startswith("cuda") and gpus is None and args.executor == "local":
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    jobs_per_slot = args.jobs if args.jobs is not None else (len(gpus) if gpus else 1)
+    slurm = {}
+    if args.executor == "slurm":
+        slurm = slurm_options_from_args(args)
+    executor = make_executor(
+        args.executor,
+        jobs=jobs_per_slot,
+        runs_per_slot=args.runs_per_slot,
+        gpus=gpus if device.startswith("cuda") else None,
+        **slurm,
+    )
+    store = RunStore(args.out)
+    grid = grid_jobs(args, device)
+    print(f"grid: {len(grid)} runs -> {store.root} ({type(executor).__name__}, {device})")
+    executor.run(grid, store)
+    if not args.no_best:
+        reruns = seed_runs(best_settings(grid, store), args.seeds)
+        print(f"best settings' seed reruns: {len(reruns)} runs")
+        executor.run(reruns, store)
+    left = print_status(grid, store, args.seeds, not args.no_best)
+    return 0 if left == 0 else 3
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print expected / done / running / failed / diverged per (problem, method)."""
+    print_status(grid_jobs(args), RunStore(args.out), args.seeds, not args.no_best)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    """Print the chosen setting per (problem, method) by final validation accuracy."""
+    store = RunStore(args.out)
+    for (problem, method), cfg in best_settings(grid_jobs(args), store).items():
+        if cfg is None:
+            print(f"{problem:18s} {method:13s} (grid not finished, or every run diverged)")
+            continue
+        row = store.read_rows(cfg.run_id)[-1]
+        damping = "-" if cfg.damping is None else f"{cfg.damping:g}"
+        print(
+            f"{problem:18s} {method:13s} lr={cfg.lr:<10.3g} damping={damping:<8s} "
+            f"valid_acc={float(row['valid_acc']):.4f} run_id={cfg.run_id}"
+        )
+    return 0
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    """Run the smoke grid with a kill -9 and a resume, check the store, build the figures."""
+    from bench.gridsearch.smoke import run_smoke
+
+    report = run_smoke(
+        Path(args.out),
+        Path(args.plots),
+        plan_from_argv,
+        quick=args.quick,
+        keep=args.keep,
+        verbose=True,
+    )
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_steptime(args: argparse.Namespace) -> int:
+    """Print each optimizer's step time relative to SGD-momentum (one process, interleaved)."""
+    import torch
+
+    from bench.gridsearch.steptime import measure
+    from bench.results_io import atomic_write_csv
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = measure(
+        args.problems,
+        args.methods,
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        device=args.device or _default_device(),
+        backend=args.backend,
+    )
+    print(f"{'problem':18s} {'method':13s} {'ratio to SGD':>12s}  (median of {args.rounds})")
+    for r in rows:
+        print(f"{r['problem']:18s} {r['method']:13s} {r['ratio_to_sgd']:12.2f}")
+    if args.csv:
+        atomic_write_csv(args.csv, rows, list(rows[0]))
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    """Measure the local executor's runs/hour for several runs-per-slot values on this machine."""
+    import tempfile
+    import time
+
+    from bench.gridsearch.executors import LocalPoolExecutor
+
+    print(f"{'runs/slot':>9s} {'runs':>5s} {'wall s':>8s} {'runs/hour':>10s}")
+    for per_slot in args.runs_per_slot:
+        jobs = [
+            RunConfig(
+                "cifar10_3c3d", "Momentum", 1e-3 * (i + 1), None, epochs=args.epochs,
+                batch_size=32, source="synthetic", device="cpu",
+                options={"max_steps_per_epoch": args.steps,
+                         "data": {"n_train": 320, "n_test": 64, "train_eval_size": 64}},
+            )
+            for i in range(args.runs)
+        ]  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            LocalPoolExecutor(runs_per_slot=per_slot).run(jobs, RunStore(tmp))
+            wall = time.perf_counter() - start
+        print(f"{per_slot:9d} {len(jobs):5d} {wall:8.1f} {3600 * len(jobs) / wall:10.1f}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``gridsearch`` and its subcommands on the ``curvbench`` subparsers."""
+    parser = subparsers.add_parser(
+        "gridsearch",
+        help="the paper's alpha/lambda grid search (run, status, best, smoke)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="gridsearch_command", metavar="SUBCOMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the grid and the best settings' seed reruns (resumable)",
+        description="Run the grid, then rerun each (problem, method)'s best setting (final "
+        "validation accuracy) with --seeds. Finished runs are skipped, interrupted ones resume. "
+        "Exit code 3 if runs are left (failed or still held by another process).",
+    )
+    add_sweep_arguments(run)
+    ex = run.add_argument_group("how to run")
+    ex.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ex.add_argument(
+        "--executor", choices=("local", "slurm"), default="local", help="default: %(default)s"
+    )
+    ex.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        help="local slots: GPUs on cuda (default: all), CPU shares on cpu (default 1; "
+        "1 slot x 1 run = in-process)",
+    )
+    ex.add_argument("--runs-per-slot", type=int, default=1, help="concurrent runs per slot (1)")
+    ex.add_argument("--gpus", nargs="+", default=None, help="GPU ids for the slots")
+    add_slurm_arguments(run)
+    run.set_defaults(gridsearch_func=cmd_run)
+
+    status = sub.add_parser("status", help="expected / done / running / failed / diverged")
+    add_sweep_arguments(status)
+    status.set_defaults(gridsearch_func=cmd_status)
+
+    best = sub.add_parser("best", help="the best setting per (problem, method)")
+    add_sweep_arguments(best)
+    best.set_defaults(gridsearch_func=cmd_best)
+
+    steptime = sub.add_parser(
+        "steptime",
+        help="step time of each optimizer relative to SGD-momentum (one process, interleaved)",
+    )
+    steptime.add_argument("--problems", nargs="+", default=list(DEFAULT_PROBLEMS))
+    steptime.add_argument(
+        "--methods",
+        nargs="+",
+        default=["Momentum", "Adam", "DiagGGNExact", "DiagGGNMC", "KFAC", "KFLR"],
+        choices=METHODS,
+        metavar="METHOD",
+        help="methods to time (default: all but KFRA, infeasible on CNNs)",
+    )
+    steptime.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
+    steptime.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    steptime.add_argument("--device", default=None, help="default: cuda if available")
+    steptime.add_argument("--backend", choices=("auto", "ours", "backpack"), default="auto")
+    steptime.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    steptime.add_argument("--csv", default=None, help="also write the rows to this CSV")
+    steptime.set_defaults(gridsearch_func=cmd_steptime)
+
+    throughput = sub.add_parser(
+        "throughput",
+        help="the local executor's runs/hour for 1, 2, 4 runs per slot (tiny synthetic runs)",
+    )
+    throughput.add_argument("--runs-per-slot", nargs="+", type=int, default=[1, 2, 4])
+    throughput.add_argument("--runs", type=int, default=8, help="runs per setting (8)")
+    throughput.add_argument("--epochs", type=int, default=1, help="epochs per run (1)")
+    throughput.add_argument("--steps", type=int, default=5, help="steps per epoch (5)")
+    throughput.set_defaults(gridsearch_func=cmd_throughput)
+
+    smoke = sub.add_parser(
+        "smoke",
+        help="tiny synthetic grid end to end, with kill -9 and resume (a few minutes on CPU)",
+        description="Run a tiny grid on synthetic data in a subprocess, SIGKILL it once a run "
+        "finished and another is mid-way, resume, check that no finished run was redone and "
+        "every CSV is whole, then build the figures and REPORT.md.",
+    )
+    smoke.add_argument("--out", default="results/gridsearch/smoke", help="default: %(default)s")
+    smoke.add_argument("--plots", default="plots", help="plots root (default: %(default)s)")
+    smoke.add_argument("--quick", action="store_true", help="an even smaller grid (tests)")
+    smoke.add_argument(
+        "--keep", action="store_true", help="keep existing runs in --out (default: start fresh)"
+    )
+    smoke.set_defaults(gridsearch_func=cmd_smoke)
+
+    def dispatch(args: argparse.Namespace) -> int:
+        func = getattr(args, "gridsearch_func", None)
+        if func is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return func(args)
+
+    parser.set_defaults(func=dispatch)
+    return parser

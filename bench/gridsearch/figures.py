@@ -1,0 +1,278 @@
+"""Figures and REPORT.md of the grid search, from the run stores (no compute).
+
+``make_all(results_dir, plots_dir)`` treats ``results_dir`` (``results/gridsearch``) and each
+sub-folder holding run sidecars (``paper/``, ``smoke/``) as a run store, and writes:
+
+* ``<plots_dir>/gridsearch/<store>/heatmap_<problem>_<source>_<method>.{pdf,png}``: final
+  validation accuracy over the alpha x lambda grid (grid seed 42), the best cell outlined;
+* ``<plots_dir>/gridsearch/<store>/curves_<problem>_<source>.{pdf,png}``: DeepOBS-style learning
+  curves (test loss, train loss, test accuracy, train accuracy over epochs) of each method's best
+  setting, median and quartiles over its seeds, baselines included;
+* ``<results_dir>/REPORT.md``: final test accuracy per method and problem (median over seeds)
+  beside the paper's numbers (``gridsearch.md`` §5.6) and DeepOBS's baselines (§6).
+
+The best setting is chosen as in ``bench.gridsearch.store.best_settings``: highest final
+validation accuracy of a finished seed-42 run, ties to the first in grid order (lr, then
+damping, ascending).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.gridsearch.grid import CURVATURE_METHODS, GRID_SEED, METHODS
+from bench.gridsearch.store import RunStore, load_runs
+
+#: Paper's final test accuracy (medians over 10 seeds, ``gridsearch.md`` §5.6), percent.
+PAPER_TEST_ACC = {
+    "cifar10_3c3d": {
+        "DiagGGNExact": 82.37,
+        "DiagGGNMC": 83.70,
+        "KFAC": 85.09,
+        "KFLR": 84.96,
+        "Adam": 83.39,
+        "Momentum": 83.37,
+    },
+    "cifar100_allcnnc": {"DiagGGNMC": 57.65, "KFAC": 61.25, "Adam": 56.12, "Momentum": 60.03},
+}
+#: DeepOBS TF baselines' final test accuracy (mean of 10 seeds, ``gridsearch.md`` §6), percent.
+DEEPOBS_TEST_ACC = {
+    "cifar10_3c3d": {"SGD": 83.71, "Momentum 0.99": 84.41, "Adam": 84.75},
+    "cifar100_allcnnc": {"SGD": 57.06, "Momentum 0.99": 60.33, "Adam": 56.15},
+}
+#: Fixed colour per method.
+METHOD_COLORS = {
+    "DiagGGNExact": "#1f77b4",
+    "DiagGGNMC": "#17becf",
+    "KFAC": "#d62728",
+    "KFLR": "#ff7f0e",
+    "KFRA": "#9467bd",
+    "Momentum": "#2ca02c",
+    "Adam": "#7f7f7f",
+}
+CURVE_PANELS = (
+    ("test_loss", "test loss"),
+    ("train_loss", "train loss"),
+    ("test_acc", "test accuracy"),
+    ("train_acc", "train accuracy"),
+)
+FAMILY = ["problem", "source", "epochs", "batch_size", "options"]
+
+
+def _stores(results_dir: Path) -> list[tuple[str, RunStore]]:
+    """``results_dir`` itself and every sub-folder that holds run sidecars."""
+    found = []
+    for folder in [results_dir, *sorted(p for p in results_dir.glob("*") if p.is_dir())]:
+        if RunStore(folder).run_ids():
+            name = "." if folder == results_dir else folder.name
+            found.append((name, RunStore(folder)))
+    return found
+
+
+def best_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the final row of the best grid run per family and method (see module docstring)."""
+    final = table[table["final"] & (table["seed"] == GRID_SEED) & (table["status"] == "finished")]
+    final = final.sort_values(["lr", "damping"], na_position="first", kind="stable")
+    picks = final.loc[final.groupby([*FAMILY, "method"], sort=False)["valid_acc"].idxmax()]
+    return picks.reset_index(drop=True)
+
+
+def _setting_runs(table: pd.DataFrame, best: pd.Series) -> pd.DataFrame:
+    """All seeds' rows of the setting of ``best`` (same family, method, lr, damping)."""
+    same = (table["method"] == best["method"]) & (table["lr"] == best["lr"])
+    same &= (
+        table["damping"].isna() if pd.isna(best["damping"]) else table["damping"] == best["damping"]
+    )
+    for key in FAMILY:
+        same &= table[key] == best[key]
+    return table[same]
+
+
+def _label(problem: str, source: str) -> str:
+    return f"{problem}_{source}"
+
+
+def heatmaps(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> list[Path]:
+    """Draw one alpha x lambda heatmap of final validation accuracy per family and curvature."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.patches import Rectangle
+
+    from bench.plotting import figsize, save
+
+    paths = []
+    grid = table[table["final"] & (table["seed"] == GRID_SEED)]
+    grid = grid[grid["method"].isin(CURVATURE_METHODS)]
+    for keys, frame in grid.groupby([*FAMILY, "method"], sort=True):
+        family = dict(zip([*FAMILY, "method"], keys))
+        acc = frame.assign(valid_acc=frame["valid_acc"].where(frame["status"] == "finished"))
+        pivot = acc.pivot_table(index="damping", columns="lr", values="valid_acc", dropna=False)
+        pivot = pivot.sort_index(ascending=False)
+        fig, ax = plt.subplots(figsize=figsize(1, 2))
+        sns.heatmap(
+            pivot,
+            annot=True,
+            fmt=".3f",
+            cmap="viridis",
+            ax=ax,
+            cbar_kws={"label": "final valid acc"},
+            mask=pivot.isna(),
+            xticklabels=[f"{v:g}" for v in pivot.columns],
+            yticklabels=[f"{v:g}" for v in pivot.index],
+        )
+        ax.set_facecolor("#dddddd")  # diverged / missing cells
+        ax.set_xlabel(r"learning rate $\alpha$")
+        ax.set_ylabel(r"damping $\lambda$")
+        ax.set_title(f"{family['problem']} ({family['source']}): {family['method']}")
+        chosen = best[(best["method"] == family["method"])]
+        for key in FAMILY:
+            chosen = chosen[chosen[key] == family[key]]
+        if len(chosen):
+            col = list(pivot.columns).index(chosen.iloc[0]["lr"])
+            row = list(pivot.index).index(chosen.iloc[0]["damping"])
+            ax.add_patch(Rectangle((col, row), 1, 1, fill=False, edgecolor="red", lw=2))
+        stem = f"heatmap_{_label(family['problem'], family['source'])}_{family['method']}"
+        paths += save(fig, plots, stem)
+    return paths
+
+
+def _quartile_curves(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    per_epoch = runs.groupby("epoch")[column]
+    return pd.DataFrame(
+        {
+            "median": per_epoch.median(),
+            "q1": per_epoch.quantile(0.25),
+            "q3": per_epoch.quantile(0.75),
+        }
+    )
+
+
+def learning_curves(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> list[Path]:
+    """DeepOBS-style 4-panel learning curves of the best settings (median and quartiles)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from bench.plotting import figsize, save
+
+    paths = []
+    for keys, picks in best.groupby(FAMILY, sort=True):
+        family = dict(zip(FAMILY, keys))
+        fig, axes = plt.subplots(2, 2, figsize=figsize(2, 2), sharex=True)
+        axes = axes.ravel()
+        for _, pick in picks.sort_values("method", key=lambda s: s.map(METHODS.index)).iterrows():
+            runs = _setting_runs(table, pick)
+            seeds = runs["seed"].nunique()
+            for ax, (column, title) in zip(axes, CURVE_PANELS):
+                curve = _quartile_curves(runs, column)
+                color = METHOD_COLORS.get(pick["method"])
+                style = "--" if pick["method"] in CURVATURE_METHODS else "-"
+                ax.plot(curve.index, curve["median"], style, color=color,
+                        label=f"{pick['method']} ({seeds} seeds)")  # fmt: skip
+                ax.fill_between(curve.index, curve["q1"], curve["q3"], color=color, alpha=0.2)
+                ax.set_title(title)
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in axes[2:]:
+            ax.set_xlabel("epoch")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="x-small")
+        fig.suptitle(f"{family['problem']} ({family['source']}), best settings")
+        paths += save(fig, plots, f"curves_{_label(family['problem'], family['source'])}")
+    return paths
+
+
+def _fmt_setting(pick: pd.Series) -> str:
+    damping = "" if pd.isna(pick["damping"]) else f", λ={pick['damping']:g}"
+    return f"α={pick['lr']:g}{damping}"
+
+
+def report_section(name: str, table: pd.DataFrame, best: pd.DataFrame) -> list[str]:
+    """Markdown lines for one store: final test accuracy per method beside the paper's."""
+    lines = [f"## Store `{name}`", ""]
+    status = table.groupby("run_id")["status"].first().value_counts().to_dict()
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(status.items()))
+    lines.append(f"Runs: {sum(status.values())} ({counts}).")
+    lines.append("")
+    for keys, picks in best.groupby(FAMILY, sort=True):
+        family = dict(zip(FAMILY, keys))
+        options = json.loads(family["options"])
+        lines += [
+            f"### {family['problem']} — source {family['source']}, {family['epochs']} epochs, "
+            f"batch {family['batch_size']}",
+            "",
+            f"Options: `{json.dumps(options, sort_keys=True)}`",
+            "",
+        ]
+        if family["source"] != "cifar":
+            lines += [
+                "> Synthetic data (smoke test): the paper's numbers are listed for the layout "
+                "only and are **not comparable**.",
+                "",
+            ]
+        paper = PAPER_TEST_ACC.get(family["problem"], {})
+        lines += [
+            "| method | best setting | seeds | final test acc (median) | IQR | paper (median) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for _, pick in picks.sort_values("method", key=lambda s: s.map(METHODS.index)).iterrows():
+            runs = _setting_runs(table, pick)
+            final = runs[runs["final"] & (runs["status"] == "finished")]["test_acc"] * 100
+            paper_acc = paper.get(pick["method"])
+            lines.append(
+                f"| {pick['method']} | {_fmt_setting(pick)} | {len(final)} | "
+                f"{final.median():.2f} % | {final.quantile(0.25):.2f}–{final.quantile(0.75):.2f} | "
+                f"{'—' if paper_acc is None else f'{paper_acc:.2f} %'} |"
+            )
+        deepobs = DEEPOBS_TEST_ACC.get(family["problem"])
+        if deepobs:
+            listed = ", ".join(f"{k} {v:.2f} %" for k, v in deepobs.items())
+            lines += ["", f"DeepOBS TF baselines (mean of 10 seeds): {listed}."]
+        lines.append("")
+    return lines
+
+
+def make_all(results_dir: str | Path, plots_dir: str | Path) -> list[Path]:
+    """Build every grid-search figure and ``<results_dir>/REPORT.md``; return the paths.
+
+    Args:
+        results_dir: ``results/gridsearch`` (a store, or a folder of stores).
+        plots_dir: the plots root; figures go to ``<plots_dir>/gridsearch/<store>/``.
+
+    Returns:
+        The files written.
+
+    """
+    from bench.plotting import style
+    from bench.results_io import atomic_write_text
+
+    results_dir, plots_dir = Path(results_dir), Path(plots_dir)
+    style()
+    paths: list[Path] = []
+    lines = [
+        "# Grid search: the paper's curvature optimizers vs SGD-momentum and Adam",
+        "",
+        "Generated by `make figures` (`bench.gridsearch.figures`) from the run stores below. "
+        "Best setting per method: highest final validation accuracy of the seed-42 grid "
+        "(DeepOBS `mode='final'`); accuracies are medians over the best setting's seeds. "
+        "Paper: Dangel et al. (2020), Fig. 7 data (spec `gridsearch.md` §5.6).",
+        "",
+    ]
+    stores = _stores(results_dir)
+    if not stores:
+        lines.append("No runs yet: `make gridsearch-smoke` or `make gridsearch`.")
+    for name, store in stores:
+        table = load_runs(store)
+        if table.empty:
+            continue
+        best = best_runs(table)
+        plots = plots_dir / "gridsearch" / ("root" if name == "." else name)
+        paths += heatmaps(table, plots, best)
+        paths += learning_curves(table, plots, best)
+        lines += report_section(name, table, best)
+        figure_names = sorted({p.stem for p in paths if p.parent == plots})
+        lines += ["Figures: " + ", ".join(f"`{n}`" for n in figure_names), ""]
+    paths.append(atomic_write_text(results_dir / "REPORT.md", "\n".join(lines)))
+    return paths

@@ -1,0 +1,7 @@
+"""``python -m bench.overhead``: the same as ``curvbench overhead``."""
+
+import sys
+
+from bench.overhead.cli import main
+
+sys.exit(main())
