@@ -66,7 +66,7 @@ class RunConfig:
         epochs: training epochs (evaluations: ``epochs + 1``).
         batch_size: the training batch size.
         source: ``"cifar"`` or ``"synthetic"``.
-        options: further settings that change results, e.g. ``curvature`` (``"mean"``: running
+        options: further settings that change results, e.g. ``average`` (``"mean"``: running
             mean since the start, the paper's code; ``"fresh"``: this batch's curvature, the paper's
             text), ``inverse_every`` (k), ``max_steps_per_epoch`` (smoke-only truncation),
             ``data`` (keyword options of the data source), ``backend`` (curvature backend).
