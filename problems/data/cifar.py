@@ -32,6 +32,7 @@ from problems.data.fetch import (
     data_dir,
     file_md5,
     load_cached,
+    reset_unless_cached,
     stream_download,
     verified_file,
     write_cache,
@@ -227,14 +228,12 @@ def download(
 
     """
     spec = resolve_dataset(dataset)
-    if is_cached(spec.name, root) and not force:
-        return cache_file(spec.name, root)
-    directory = data_dir(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    marker_file(spec.name, root).unlink(missing_ok=True)  # no stale marker while rebuilding
+    cached = reset_unless_cached(spec.name, root, force)
+    if cached is not None:
+        return cached
     base = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
     with verified_file(
-        directory, spec.archive, base, md5 or spec.md5, timeout=timeout, progress=progress
+        data_dir(root), spec.archive, base, md5 or spec.md5, timeout=timeout, progress=progress
     ) as (path, actual):
         tensors = parse_archive(path, spec)
     return write_cache(tensors, spec.name, root, archive=spec.archive, archive_md5=actual)

@@ -171,6 +171,21 @@ def read_marker(name: str, root: str | os.PathLike | None = None) -> dict | None
     return info if valid else None
 
 
+def reset_unless_cached(name: str, root: str | os.PathLike | None, force: bool) -> Path | None:
+    """Start a rebuild of ``name``'s cache unless a valid one exists (and ``force`` is off).
+
+    Returns:
+        The cache file if it is valid and not forced; else None, after creating the data
+        directory and removing the marker (no stale marker while rebuilding).
+
+    """
+    if not force and read_marker(name, root) is not None:
+        return cache_file(name, root)
+    data_dir(root).mkdir(parents=True, exist_ok=True)
+    marker_file(name, root).unlink(missing_ok=True)
+    return None
+
+
 def write_cache(
     tensors: dict[str, Tensor], name: str, root: str | os.PathLike | None, **info: Any
 ) -> Path:
