@@ -26,12 +26,13 @@ import torch
 from torch import Tensor
 
 from problems.data import fetch
-from problems.data.errors import ArchiveFormatError, UnknownDatasetError, UnsafeArchiveError
+from problems.data.errors import ArchiveFormatError, UnsafeArchiveError
 from problems.data.fetch import (
     ENV_DATA_DIR,
     data_dir,
     file_md5,
     load_cached,
+    lookup_dataset,
     reset_unless_cached,
     stream_download,
     verified_file,
@@ -100,13 +101,7 @@ DATASETS: dict[str, CifarSpec] = {
 
 def resolve_dataset(name: str) -> CifarSpec:
     """Look up a data set by its name or a problem name (``cifar10_3c3d`` -> cifar10)."""
-    key = str(name).lower().split("_", 1)[0]
-    if key not in DATASETS:
-        raise UnknownDatasetError(
-            f"unknown data set {name!r}; valid names: {', '.join(DATASETS)} "
-            "(or a problem name such as cifar10_3c3d)"
-        )
-    return DATASETS[key]
+    return lookup_dataset(DATASETS, name, "cifar10_3c3d")
 
 
 def cache_file(dataset: str, root: str | os.PathLike | None = None) -> Path:
@@ -262,3 +257,7 @@ def load_cifar(
     """
     spec = resolve_dataset(dataset)
     return load_cached(spec.name, root, IMAGE_SHAPE, missing_message(spec.name, root))
+
+
+#: The loader under the name every real source has (``problems.data.datasets.REAL_SOURCES``).
+load = load_cifar

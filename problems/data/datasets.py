@@ -24,7 +24,7 @@ from typing import Any
 from torch import Tensor
 
 from problems.data import cifar, mnist
-from problems.data.errors import UnknownDatasetError
+from problems.data.fetch import lookup_dataset
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ DATASETS: dict[str, DatasetInfo] = {
     )
 }
 
-#: real source name -> its module (``download``, ``is_cached`` and a loader)
+#: real source name -> its module (``download``, ``is_cached``, ``load``)
 REAL_SOURCES: dict[str, ModuleType] = {"cifar": cifar, "mnist": mnist}
 
 
@@ -74,13 +74,7 @@ def dataset_info(name: str) -> DatasetInfo:
         UnknownDatasetError: The message lists the valid names.
 
     """
-    key = str(name).lower().split("_", 1)[0]
-    if key not in DATASETS:
-        raise UnknownDatasetError(
-            f"unknown data set {name!r}; valid names: {', '.join(DATASETS)} "
-            "(or a problem name such as cifar10_3c3d or mnist_logreg)"
-        )
-    return DATASETS[key]
+    return lookup_dataset(DATASETS, name, "cifar10_3c3d or mnist_logreg")
 
 
 def _source_module(name: str) -> ModuleType:
@@ -117,7 +111,4 @@ def load_real(
         DataNotFoundError: No valid cache; the message says how to get one.
 
     """
-    info = dataset_info(dataset)
-    if info.source == "cifar":
-        return cifar.load_cifar(info.name, root)
-    return mnist.load_mnist(info.name, root)
+    return _source_module(dataset).load(dataset_info(dataset).name, root)

@@ -22,17 +22,44 @@ import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from problems.data.errors import ChecksumError, DataNotFoundError, DownloadError
+from problems.data.errors import (
+    ChecksumError,
+    DataNotFoundError,
+    DownloadError,
+    UnknownDatasetError,
+)
 
 ENV_DATA_DIR = "CURVBENCH_DATA"
 CACHE_FORMAT = 1
 _CHUNK_BYTES = 1 << 20
+_Spec = TypeVar("_Spec")
+
+
+def lookup_dataset(table: dict[str, _Spec], name: str, example: str) -> _Spec:
+    """Look up a data set by its name or a problem name (``cifar10_3c3d`` -> ``cifar10``).
+
+    Args:
+        table: Canonical name -> spec.
+        name: A data set name or a problem name (the part before the first ``_``; any case).
+        example: A problem name for the error message.
+
+    Raises:
+        UnknownDatasetError: The message lists the valid names.
+
+    """
+    key = str(name).lower().split("_", 1)[0]
+    if key not in table:
+        raise UnknownDatasetError(
+            f"unknown data set {name!r}; valid names: {', '.join(table)} "
+            f"(or a problem name such as {example})"
+        )
+    return table[key]
 
 
 def data_dir(root: str | os.PathLike | None = None) -> Path:

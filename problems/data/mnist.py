@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from problems.data.errors import ArchiveFormatError, UnknownDatasetError
+from problems.data.errors import ArchiveFormatError
 from problems.data.fetch import (
     ENV_DATA_DIR,
     data_dir,
     load_cached,
+    lookup_dataset,
     read_marker,
     reset_unless_cached,
     verified_file,
@@ -98,13 +99,7 @@ DATASETS: dict[str, MnistSpec] = {
 
 def resolve_dataset(name: str) -> MnistSpec:
     """Look up a data set by its name or a problem name (``fmnist_2c2d`` -> fmnist)."""
-    key = str(name).lower().split("_", 1)[0]
-    if key not in DATASETS:
-        raise UnknownDatasetError(
-            f"unknown data set {name!r}; valid names: {', '.join(DATASETS)} "
-            "(or a problem name such as mnist_logreg)"
-        )
-    return DATASETS[key]
+    return lookup_dataset(DATASETS, name, "mnist_logreg")
 
 
 def is_cached(dataset: str, root: str | os.PathLike | None = None) -> bool:
@@ -256,3 +251,7 @@ def load_mnist(
     """
     spec = resolve_dataset(dataset)
     return load_cached(spec.name, root, IMAGE_SHAPE, missing_message(spec.name, root))
+
+
+#: The loader under the name every real source has (``problems.data.datasets.REAL_SOURCES``).
+load = load_mnist

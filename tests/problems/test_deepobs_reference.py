@@ -123,14 +123,36 @@ def test_train_outputs_identical_with_same_dropout_rng(deepobs, name, dtype):
     assert has_dropout == (not torch.equal(out, other_mask))
 
 
+def _ref_problem(deepobs, name, ref):
+    """DeepOBS's problem object for ``name`` with ``ref`` as its network."""
+    ref_problem = deepobs.problem(name)
+    ref_problem.net = ref
+    ref_problem.regularization_groups = ref_problem.get_regularization_groups()
+    return ref_problem
+
+
+def _assert_same_loss_and_gradients(problem, ours, ref_problem, x, y):
+    """Training loss (CE + L2) and every gradient equal DeepOBS's bit for bit (same dropout)."""
+    ref = ref_problem.net
+    ours.train()
+    ref.train()
+    torch.manual_seed(11)
+    loss = problem.loss_fn()(ours(x), y) + problem.l2_penalty(ours)
+    torch.manual_seed(11)
+    ref_loss = nn.CrossEntropyLoss()(ref(x), y) + ref_problem.get_regularization_loss()
+    loss.backward()
+    ref_loss.backward()
+    assert torch.equal(loss, ref_loss)
+    for (pname, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), pname
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", DEEPOBS_PROBLEMS)
 def test_l2_penalty_and_gradients_identical(deepobs, name, dtype):
     problem = problems.get(name)
     ours, ref = _pair(deepobs, name, dtype=dtype)
-    ref_problem = deepobs.problem(name)
-    ref_problem.net = ref
-    ref_problem.regularization_groups = ref_problem.get_regularization_groups()
+    ref_problem = _ref_problem(deepobs, name, ref)
     assert (ref_problem._weight_decay or 0.0) == problem.l2  # unregularised: None in DeepOBS
 
     # same partition into regularised weights and unregularised biases (one group of all
@@ -152,18 +174,7 @@ def test_l2_penalty_and_gradients_identical(deepobs, name, dtype):
     assert penalty.dtype == dtype
     assert torch.equal(penalty, ref_penalty)
 
-    x, y = _inputs(dtype, name)
-    ours.train()
-    ref.train()
-    torch.manual_seed(11)
-    loss = problem.loss_fn()(ours(x), y) + problem.l2_penalty(ours)
-    torch.manual_seed(11)
-    ref_loss = nn.CrossEntropyLoss()(ref(x), y) + ref_problem.get_regularization_loss()
-    loss.backward()
-    ref_loss.backward()
-    assert torch.equal(loss, ref_loss)
-    for (pname, p), q in zip(ours.named_parameters(), ref.parameters()):
-        assert torch.equal(p.grad, q.grad), pname
+    _assert_same_loss_and_gradients(problem, ours, ref_problem, *_inputs(dtype, name))
 
 
 @pytest.mark.parametrize("name", [n for n in DEEPOBS_PROBLEMS if n.startswith("cifar")])
@@ -239,16 +250,7 @@ def test_sigmoid_variant_is_deepobs_3c3d_with_a_sigmoid_after_dense2(deepobs, dt
     assert isinstance(ours.sigmoid5, nn.Sigmoid)
     ours, ref = ours.to(dtype), ref.to(dtype)
     x, y = _inputs(dtype, "cifar10_3c3d")
-    loss = variant.loss_fn()(ours(x), y) + variant.l2_penalty(ours)
-    ref_problem = deepobs.problem("cifar10_3c3d")
-    ref_problem.net = ref
-    ref_problem.regularization_groups = ref_problem.get_regularization_groups()
-    ref_loss = nn.CrossEntropyLoss()(ref(x), y) + ref_problem.get_regularization_loss()
-    loss.backward()
-    ref_loss.backward()
-    assert torch.equal(loss, ref_loss)
-    for (pname, p), q in zip(ours.named_parameters(), ref.parameters()):
-        assert torch.equal(p.grad, q.grad), pname
+    _assert_same_loss_and_gradients(variant, ours, _ref_problem(deepobs, "cifar10_3c3d", ref), x, y)
     # and it is not the ReLU network
     relu = problems.get("cifar10_3c3d").model(dtype=dtype)
     relu.load_state_dict(ours.state_dict())
