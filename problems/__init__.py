@@ -1,7 +1,10 @@
-"""The test problems: DeepOBS's 3C3D and All-CNN-C on CIFAR-10/100, from standard torch modules.
+"""The test problems: DeepOBS's CIFAR-10/100, MNIST and Fashion-MNIST nets, from standard modules.
+
+3C3D and All-CNN-C on CIFAR, the logistic regression on MNIST and 2C2D on Fashion-MNIST::
 
     import problems
-    problems.names()                      # ('cifar10_3c3d', 'cifar100_3c3d', ...)
+    problems.names()                      # ('cifar10_3c3d', ..., 'mnist_logreg', 'fmnist_2c2d')
+    problems.VARIANTS                     # ('cifar10_3c3dsig',): get() accepts them too
     problem = problems.get("cifar10_3c3d")
     torch.manual_seed(42)
     model = problem.model()               # DeepOBS's initial weights for seed 42
@@ -10,6 +13,6 @@
 Data (``problem.data(...)``) lives in ``problems.data`` and is imported only when asked for.
 """
 
-from problems.registry import CifarProblem, get, names
+from problems.registry import PROBLEMS, VARIANTS, CifarProblem, ImageProblem, get, names
 
-__all__ = ["CifarProblem", "get", "names"]
+__all__ = ["PROBLEMS", "VARIANTS", "CifarProblem", "ImageProblem", "get", "names"]

@@ -1,4 +1,7 @@
-"""DeepOBS's 3C3D and All-CNN-C networks, rebuilt as one flat ``nn.Sequential`` of standard modules.
+"""DeepOBS's networks, rebuilt as one flat ``nn.Sequential`` of standard modules.
+
+CIFAR: 3C3D and All-CNN-C (and a 3C3D variant with one sigmoid, not in DeepOBS); (Fashion-)MNIST:
+the logistic regression and 2C2D.
 
 DeepOBS implements TensorFlow's "same" padding with forward pre-hooks on ``ZeroPad2d`` and a custom
 ``flatten`` module, both of which get in the way of per-module backward extensions. On 32x32
@@ -12,18 +15,31 @@ inputs the padding the hooks compute is static (problems spec §1.1), so it is w
 Modules are constructed in DeepOBS's order and then re-initialised in module order with DeepOBS's
 scheme, so ``torch.manual_seed(s)`` followed by a builder reproduces DeepOBS's initial weights for
 seed ``s`` bit for bit (the default initialisation of ``Conv2d``/``Linear`` consumes RNG, so the
-construction order matters too). The networks hard-code 32x32 inputs (3C3D's ``Linear(1152, 512)``,
-All-CNN-C's ``AvgPool2d(6)``).
+construction order matters too). The CIFAR networks hard-code 32x32 inputs (3C3D's
+``Linear(1152, 512)``, All-CNN-C's ``AvgPool2d(6)``), the MNIST ones 28x28 (``Linear(784, ...)``,
+2C2D's ``Linear(3136, 1024)``).
+
+2C2D on 28x28 inputs: its 5x5 stride-1 "same" convolutions pad 2 on every side (``padding=2``), and
+its 2x2 stride-2 "same" max-pools pad nothing (28 and 14 are even), so they are plain
+``MaxPool2d(2, 2)``. Its truncated-normal initialisation is DeepOBS's ``_truncated_normal_init``
+(``tf_truncated_normal_``): a numpy seed drawn from torch's global generator, then scipy's
+``truncnorm`` within two standard deviations, so it needs scipy, exactly as DeepOBS does.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from torch import nn
+import numpy as np
+import torch
+from torch import Tensor, nn
 
-#: Input shape (channels, height, width) every network here expects.
+#: Input shape (channels, height, width) every CIFAR network here expects.
 INPUT_SHAPE = (3, 32, 32)
+#: Input shape of the (Fashion-)MNIST networks.
+MNIST_INPUT_SHAPE = (1, 28, 28)
+#: Standard deviation (and bias constant) of 2C2D's initialisation.
+TRUNCATED_NORMAL_STD = 0.05
 
 #: The only module types the networks are built from (the extensions walk leaf modules).
 STANDARD_MODULES = (
@@ -35,6 +51,7 @@ STANDARD_MODULES = (
     nn.Flatten,
     nn.Linear,
     nn.AvgPool2d,
+    nn.Sigmoid,
 )
 
 
@@ -71,7 +88,60 @@ def init_deepobs_(model: nn.Module, conv_bias: float) -> nn.Module:
     return model
 
 
-def build_3c3d(num_classes: int) -> nn.Sequential:
+def tf_truncated_normal_(tensor: Tensor, std: float, mean: float = 0.0) -> Tensor:
+    """Fill ``tensor`` in place like DeepOBS's ``_truncated_normal_init`` (a TF truncated normal).
+
+    One ``torch.randint(0, 2**32 - 1, (1, 1))`` from the global generator seeds a numpy
+    ``RandomState``; scipy's ``truncnorm`` (cut at two standard deviations) draws the values in
+    float64, which are then rounded to the tensor's dtype. A meta tensor is left alone (no draw).
+
+    Args:
+        tensor: The tensor to fill.
+        std: Standard deviation before truncation.
+        mean: Mean.
+
+    Returns:
+        ``tensor``.
+
+    """
+    if tensor.is_meta:
+        return tensor
+    from scipy.stats import truncnorm  # as DeepOBS; imported only when a net is initialised
+
+    np_seed = torch.randint(0, 2**32 - 1, (1, 1)).view(-1).item()
+    samples = truncnorm.rvs(
+        a=-2,
+        b=2,
+        loc=mean,
+        scale=std,
+        size=tensor.numel(),
+        random_state=np.random.RandomState(np_seed),
+    )
+    with torch.no_grad():
+        tensor.copy_(torch.from_numpy(samples.reshape(tuple(tensor.shape))))
+    return tensor
+
+
+def init_truncated_normal_(model: nn.Module, std: float | None = None) -> nn.Module:
+    """Re-initialise ``model`` in place as DeepOBS's 2C2D: weights truncated normal, biases ``std``.
+
+    In ``model.modules()`` order, every ``Conv2d`` and ``Linear`` gets bias ``std`` and a
+    ``tf_truncated_normal_(std)`` weight; ``std`` defaults to ``TRUNCATED_NORMAL_STD`` (0.05,
+    DeepOBS's), read at call time.
+
+    Returns:
+        ``model`` itself.
+
+    """
+    std = TRUNCATED_NORMAL_STD if std is None else std
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.constant_(module.bias, std)
+            tf_truncated_normal_(module.weight, std)
+    return model
+
+
+def build_3c3d(num_classes: int, *, sigmoid_after_dense2: bool = False) -> nn.Sequential:
     """DeepOBS's 3C3D network (``net_cifar10_3c3d``) for 32x32 RGB inputs.
 
     Three conv layers (5x5 valid, 3x3 valid, 3x3 same) each followed by ReLU and a 3x3, stride-2
@@ -80,12 +150,16 @@ def build_3c3d(num_classes: int) -> nn.Sequential:
 
     Args:
         num_classes: Number of outputs (10 for CIFAR-10, 100 for CIFAR-100).
+        sigmoid_after_dense2: Put an ``nn.Sigmoid`` (``sigmoid5``) in place of the ReLU after
+            ``dense2`` (the BackPACK paper's Fig. 9 network; not in DeepOBS). Same parameters
+            and the same initial weights for a seed.
 
     Returns:
         A flat ``nn.Sequential`` mapping ``[N, 3, 32, 32]`` to logits ``[N, num_classes]``.
 
     """
     _check_num_classes(num_classes)
+    act5 = ("sigmoid5", nn.Sigmoid()) if sigmoid_after_dense2 else ("relu5", nn.ReLU())
     layers = OrderedDict(
         [
             ("conv1", nn.Conv2d(3, 64, kernel_size=5)),
@@ -104,7 +178,7 @@ def build_3c3d(num_classes: int) -> nn.Sequential:
             ("dense1", nn.Linear(3 * 3 * 128, 512)),
             ("relu4", nn.ReLU()),
             ("dense2", nn.Linear(512, 256)),
-            ("relu5", nn.ReLU()),
+            act5,
             ("dense3", nn.Linear(256, num_classes)),
         ]
     )
@@ -159,8 +233,85 @@ def build_allcnnc(num_classes: int) -> nn.Sequential:
     return init_deepobs_(nn.Sequential(layers), conv_bias=0.1)
 
 
+def build_3c3d_sigmoid(num_classes: int) -> nn.Sequential:
+    """3C3D with one ``nn.Sigmoid`` in place of the ReLU after ``dense2`` (paper Fig. 9).
+
+    Not a DeepOBS network: ``build_3c3d(num_classes, sigmoid_after_dense2=True)``.
+    """
+    return build_3c3d(num_classes, sigmoid_after_dense2=True)
+
+
+def build_mnist_logreg(num_classes: int) -> nn.Sequential:
+    """DeepOBS's multinomial logistic regression (``net_mnist_logreg``) for 28x28 inputs.
+
+    ``Flatten`` and ``Linear(784, num_classes)``; weights and biases initialised to 0.
+
+    Args:
+        num_classes: Number of outputs (10).
+
+    Returns:
+        A flat ``nn.Sequential`` mapping ``[N, 1, 28, 28]`` to logits ``[N, num_classes]``.
+
+    """
+    _check_num_classes(num_classes)
+    net = nn.Sequential(
+        OrderedDict(
+            [("flatten", nn.Flatten()), ("dense", nn.Linear(28 * 28, num_classes))],
+        )
+    )
+    nn.init.constant_(net.dense.bias, 0.0)
+    nn.init.constant_(net.dense.weight, 0.0)
+    return net
+
+
+def build_2c2d(num_classes: int) -> nn.Sequential:
+    """DeepOBS's 2C2D network (``net_mnist_2c2d``) for 28x28 grey-scale inputs.
+
+    Two 5x5 TF-"same" convolutions (32 and 64 channels), each followed by ReLU and a 2x2,
+    stride-2 TF-"same" max-pool (no padding on 28 and 14), then dense 3136 -> 1024 with ReLU and
+    1024 -> ``num_classes``. Init: truncated normal weights (std 0.05, cut at 2 std), biases 0.05.
+
+    Args:
+        num_classes: Number of outputs (10).
+
+    Returns:
+        A flat ``nn.Sequential`` mapping ``[N, 1, 28, 28]`` to logits ``[N, num_classes]``.
+
+    """
+    _check_num_classes(num_classes)
+    layers = OrderedDict(
+        [
+            ("conv1", nn.Conv2d(1, 32, kernel_size=5, padding=2)),
+            ("relu1", nn.ReLU()),
+            ("maxpool1", nn.MaxPool2d(kernel_size=2, stride=2)),
+            ("conv2", nn.Conv2d(32, 64, kernel_size=5, padding=2)),
+            ("relu2", nn.ReLU()),
+            ("maxpool2", nn.MaxPool2d(kernel_size=2, stride=2)),
+            ("flatten", nn.Flatten()),
+            ("dense1", nn.Linear(7 * 7 * 64, 1024)),
+            ("relu3", nn.ReLU()),
+            ("dense2", nn.Linear(1024, num_classes)),
+        ]
+    )
+    return init_truncated_normal_(nn.Sequential(layers))
+
+
 #: architecture name -> builder
-ARCHITECTURES = {"3c3d": build_3c3d, "allcnnc": build_allcnnc}
+ARCHITECTURES = {
+    "3c3d": build_3c3d,
+    "allcnnc": build_allcnnc,
+    "3c3dsig": build_3c3d_sigmoid,
+    "logreg": build_mnist_logreg,
+    "2c2d": build_2c2d,
+}
+#: architecture name -> input shape (channels, height, width)
+INPUT_SHAPES = {
+    "3c3d": INPUT_SHAPE,
+    "allcnnc": INPUT_SHAPE,
+    "3c3dsig": INPUT_SHAPE,
+    "logreg": MNIST_INPUT_SHAPE,
+    "2c2d": MNIST_INPUT_SHAPE,
+}
 
 
 def _check_num_classes(num_classes: int) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 #: Per-channel normalisation constants (DeepOBS ``datasets/cifar10.py`` and ``cifar100.py``).
+#: DeepOBS does not normalise (Fashion-)MNIST (``ToTensor`` only): ``NO_NORMALIZATION``.
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "cifar10": (
         (0.49139968, 0.48215841, 0.44653091),
@@ -27,6 +28,8 @@ NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
         (0.26733429, 0.25643846, 0.27615047),
     ),
 }
+#: The ``normalization`` value that means "scale to [0, 1] only".
+NO_NORMALIZATION = "none"
 
 #: torchvision's ITU-R 601-2 luma weights (``rgb_to_grayscale`` on float tensors).
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -186,7 +189,7 @@ def to_float(images: Tensor) -> Tensor:
 
 
 def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """``(x - mean) / std`` per channel; ``mean`` and ``std`` are ``[3]`` tensors."""
+    """``(x - mean) / std`` per channel; ``mean`` and ``std`` are ``[C]`` tensors."""
     return (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
@@ -221,13 +224,19 @@ def augment(
     return normalize(x, mean, std)
 
 
-def preprocess(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Preprocess without augmentation: uint8 -> float in ``[0, 1]`` -> normalised."""
+def preprocess(images: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
+    """Preprocess without augmentation: uint8 -> float in ``[0, 1]`` -> normalised.
+
+    ``mean`` None (``NO_NORMALIZATION``) stops after the scaling, as DeepOBS's ``ToTensor``-only
+    (Fashion-)MNIST pipeline does.
+    """
+    if mean is None:
+        return to_float(images)
     return normalize(to_float(images), mean, std)
 
 
 def normalization_tensors(dataset: str, device: torch.device | str) -> tuple[Tensor, Tensor]:
-    """Return the ``(mean, std)`` of ``dataset`` as float32 ``[3]`` tensors on ``device``."""
+    """Return the ``(mean, std)`` of ``dataset`` as float32 ``[C]`` tensors on ``device``."""
     if dataset not in NORMALIZATION:
         raise ValueError(
             f"no normalisation constants for {dataset!r}; known: {sorted(NORMALIZATION)}"

@@ -4,9 +4,8 @@ The official python-version archives are streamed to a temporary file (with a pr
 verified against their md5, read member by member straight from the tar (nothing is extracted to
 disk; members with absolute paths, ``..`` or links are refused), unpickled with an unpickler that
 only admits numpy arrays, and cached as one ``.pt`` file per data set holding uint8
-``[N, 3, 32, 32]`` images and int64 labels. The cache file and its JSON marker (the verified md5 and
-the cache's size) are each written to a temporary file and moved into place with ``os.replace``,
-marker last, so an interrupted or corrupt download never leaves a cache that passes as valid.
+``[N, 3, 32, 32]`` images and int64 labels. Download, verification and the atomic cache (the
+marker records the verified md5) are ``problems.data.fetch``'s, shared with the MNIST source.
 
 Locations: the data directory is ``root`` if given, else ``$CURVBENCH_DATA``, else
 ``$XDG_CACHE_HOME/curvbench``, else ``~/.cache/curvbench``. The download base URL is
@@ -15,37 +14,51 @@ Locations: the data directory is ``root`` if given, else ``$CURVBENCH_DATA``, el
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
-import json
 import os
 import pickle
 import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from problems.data.errors import (
-    ArchiveFormatError,
-    ChecksumError,
-    DataNotFoundError,
-    DownloadError,
-    UnknownDatasetError,
-    UnsafeArchiveError,
+from problems.data import fetch
+from problems.data.errors import ArchiveFormatError, UnsafeArchiveError
+from problems.data.fetch import (
+    ENV_DATA_DIR,
+    data_dir,
+    file_md5,
+    load_cached,
+    lookup_dataset,
+    reset_unless_cached,
+    stream_download,
+    verified_file,
+    write_cache,
 )
 
+__all__ = [
+    "DATASETS",
+    "ENV_DATA_DIR",
+    "CifarSpec",
+    "cache_file",
+    "data_dir",
+    "download",
+    "file_md5",
+    "is_cached",
+    "load_cifar",
+    "marker_file",
+    "parse_archive",
+    "read_marker",
+    "resolve_dataset",
+    "stream_download",
+]
+
 DEFAULT_BASE_URL = "https://www.cs.toronto.edu/~kriz"
-ENV_DATA_DIR = "CURVBENCH_DATA"
 ENV_BASE_URL = "CURVBENCH_CIFAR_URL"
-CACHE_FORMAT = 1
-_CHUNK_BYTES = 1 << 20
+IMAGE_SHAPE = (3, 32, 32)
 
 
 @dataclass(frozen=True)
@@ -88,108 +101,27 @@ DATASETS: dict[str, CifarSpec] = {
 
 def resolve_dataset(name: str) -> CifarSpec:
     """Look up a data set by its name or a problem name (``cifar10_3c3d`` -> cifar10)."""
-    key = str(name).lower().split("_", 1)[0]
-    if key not in DATASETS:
-        raise UnknownDatasetError(
-            f"unknown data set {name!r}; valid names: {', '.join(DATASETS)} "
-            "(or a problem name such as cifar10_3c3d)"
-        )
-    return DATASETS[key]
-
-
-def data_dir(root: str | os.PathLike | None = None) -> Path:
-    """Return the data directory: ``root``, ``$CURVBENCH_DATA`` or the user cache (not created)."""
-    if root is not None:
-        return Path(root).expanduser()
-    if os.environ.get(ENV_DATA_DIR):
-        return Path(os.environ[ENV_DATA_DIR]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "curvbench"
+    return lookup_dataset(DATASETS, name, "cifar10_3c3d")
 
 
 def cache_file(dataset: str, root: str | os.PathLike | None = None) -> Path:
     """Return the path of the cached tensors of ``dataset``."""
-    return data_dir(root) / f"{resolve_dataset(dataset).name}.pt"
+    return fetch.cache_file(resolve_dataset(dataset).name, root)
 
 
 def marker_file(dataset: str, root: str | os.PathLike | None = None) -> Path:
     """Return the path of the JSON marker that makes the cache of ``dataset`` valid."""
-    return data_dir(root) / f"{resolve_dataset(dataset).name}.json"
+    return fetch.marker_file(resolve_dataset(dataset).name, root)
 
 
 def read_marker(dataset: str, root: str | os.PathLike | None = None) -> dict | None:
     """Return the marker of a valid cache; None if it is missing, partial or inconsistent."""
-    marker, cache = marker_file(dataset, root), cache_file(dataset, root)
-    try:
-        info = json.loads(marker.read_text())
-        valid = (
-            info.get("format") == CACHE_FORMAT
-            and info.get("dataset") == resolve_dataset(dataset).name
-            and cache.stat().st_size == info.get("cache_bytes")
-        )
-    except (OSError, ValueError, AttributeError):
-        return None
-    return info if valid else None
+    return fetch.read_marker(resolve_dataset(dataset).name, root)
 
 
 def is_cached(dataset: str, root: str | os.PathLike | None = None) -> bool:
     """Whether a verified, complete cache of ``dataset`` exists in the data directory."""
     return read_marker(dataset, root) is not None
-
-
-def file_md5(path: str | os.PathLike) -> str:
-    """Compute the md5 hex digest of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then ``os.replace`` it onto ``path``; no partial file remains."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def stream_download(url: str, dest: Path, timeout: float = 60.0, progress: bool = True) -> str:
-    """Stream ``url`` into ``dest`` with a progress bar; returns the md5 of the bytes received.
-
-    Raises:
-        DownloadError: On a network error or when fewer bytes than announced arrive.
-
-    """
-    digest = hashlib.md5()
-    received = 0
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
-            total = response.headers.get("Content-Length")
-            total = int(total) if total is not None else None
-            with tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=f"download {PurePosixPath(url).name}",
-                disable=not progress,
-            ) as bar:
-                for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-    except (OSError, ValueError) as err:  # URLError, HTTPError, IncompleteRead, timeouts
-        raise DownloadError(f"download of {url} failed after {received} bytes: {err}") from err
-    if total is not None and received != total:
-        raise DownloadError(f"download of {url} ended early: {received} of {total} bytes")
-    return digest.hexdigest()
 
 
 def _check_members(tar: tarfile.TarFile, archive: str) -> None:
@@ -261,23 +193,6 @@ def parse_archive(path: str | os.PathLike, spec: CifarSpec) -> dict[str, Tensor]
     return out
 
 
-def _write_cache(tensors: dict[str, Tensor], spec: CifarSpec, md5: str, root) -> Path:
-    cache, marker = cache_file(spec.name, root), marker_file(spec.name, root)
-    _atomic_write(cache, lambda tmp: torch.save(tensors, tmp))
-    info = {
-        "format": CACHE_FORMAT,
-        "dataset": spec.name,
-        "archive": spec.archive,
-        "archive_md5": md5,
-        "cache_file": cache.name,
-        "cache_bytes": cache.stat().st_size,
-        "n_train": int(tensors["x_train"].shape[0]),
-        "n_test": int(tensors["x_test"].shape[0]),
-    }
-    _atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
-    return cache
-
-
 def download(
     dataset: str,
     root: str | os.PathLike | None = None,
@@ -308,30 +223,15 @@ def download(
 
     """
     spec = resolve_dataset(dataset)
-    expected = (md5 or spec.md5).lower()
-    directory = data_dir(root)
-    if is_cached(spec.name, root) and not force:
-        return cache_file(spec.name, root)
-    directory.mkdir(parents=True, exist_ok=True)
-    marker_file(spec.name, root).unlink(missing_ok=True)  # no stale marker while rebuilding
-    local = directory / spec.archive
-    if local.is_file():
-        actual = file_md5(local)
-        if actual != expected:
-            raise ChecksumError(str(local), expected, actual, removed=False)
-        return _write_cache(parse_archive(local, spec), spec, actual, root)
+    cached = reset_unless_cached(spec.name, root, force)
+    if cached is not None:
+        return cached
     base = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
-    url = f"{base.rstrip('/')}/{spec.archive}"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.archive}.", suffix=".part", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        actual = stream_download(url, tmp, timeout=timeout, progress=progress)
-        if actual != expected:
-            raise ChecksumError(spec.archive, expected, actual)
-        return _write_cache(parse_archive(tmp, spec), spec, actual, root)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with verified_file(
+        data_dir(root), spec.archive, base, md5 or spec.md5, timeout=timeout, progress=progress
+    ) as (path, actual):
+        tensors = parse_archive(path, spec)
+    return write_cache(tensors, spec.name, root, archive=spec.archive, archive_md5=actual)
 
 
 def missing_message(dataset: str, root: str | os.PathLike | None = None) -> str:
@@ -356,16 +256,8 @@ def load_cifar(
 
     """
     spec = resolve_dataset(dataset)
-    if not is_cached(spec.name, root):
-        raise DataNotFoundError(missing_message(spec.name, root))
-    # memory-mapped: processes on one machine share the page cache; .to(device) copies once
-    tensors = torch.load(cache_file(spec.name, root), mmap=True, weights_only=True)
-    x_train, y_train = tensors["x_train"], tensors["y_train"]
-    x_test, y_test = tensors["x_test"], tensors["y_test"]
-    for x, y in ((x_train, y_train), (x_test, y_test)):
-        if x.dtype != torch.uint8 or x.shape[1:] != (3, 32, 32) or y.shape != x.shape[:1]:
-            raise DataNotFoundError(
-                f"cache {cache_file(spec.name, root)} is malformed; rebuild it with "
-                f"`curvbench data download {spec.name} --force`"
-            )
-    return x_train, y_train, x_test, y_test
+    return load_cached(spec.name, root, IMAGE_SHAPE, missing_message(spec.name, root))
+
+
+#: The loader under the name every real source has (``problems.data.datasets.REAL_SOURCES``).
+load = load_cifar

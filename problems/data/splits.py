@@ -1,17 +1,20 @@
 """The DeepOBS data protocol on uint8 tensors that live on the model's device.
 
-``DeepOBSData`` reproduces DeepOBS's PyTorch CIFAR loaders (1.2-beta code in the 1.1.2 wheel,
-``deepobs/pytorch/datasets/dataset.py``):
+``DeepOBSData`` reproduces DeepOBS's PyTorch loaders (1.2-beta code in the 1.1.2 wheel,
+``deepobs/pytorch/datasets/dataset.py``, shared by its CIFAR and (Fashion-)MNIST data sets; the
+latter are neither augmented nor normalised, and their 60k training images split 50k/10k):
 
-* the 50k training images are split into train and valid by Python's ``random.shuffle`` seeded
-  with the seed, exactly as DeepOBS's runner does (``random.seed(seed)`` then ``shuffle``), so the
-  valid indices for a seed equal DeepOBS's; valid gets the first ``valid_size`` shuffled indices;
-* ``train()``: one epoch over the train part, reshuffled every epoch, augmented;
+* the 50k (CIFAR) training images are split into train and valid by Python's ``random.shuffle``
+  seeded with the seed, exactly as DeepOBS's runner does (``random.seed(seed)`` then
+  ``shuffle``), so the valid indices for a seed equal DeepOBS's; valid gets the first
+  ``valid_size`` shuffled indices;
+* ``train()``: one epoch over the train part, reshuffled every epoch, augmented (CIFAR);
 * ``train_eval()``: a fresh random ``train_eval_size`` of **all** training images (valid
-  included) at every call, augmented;
+  included) at every call, augmented (CIFAR);
 * ``valid()``: the held-out images in a fresh random order, not augmented;
 * ``test()``: the test set in order, not augmented;
-* ``drop_last`` everywhere (312 train steps / 78 eval batches at batch 128; 156 / 39 at 256).
+* ``drop_last`` everywhere (312 train steps / 78 eval batches at batch 128; 156 / 39 at 256;
+  (Fashion-)MNIST at 128: 390 / 78).
 
 All randomness after the split comes from one ``torch.Generator`` on the data's device, seeded
 with the seed, so a run is reproducible on a given device type and resumable at epoch boundaries
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from problems.data.augment import augment, normalization_tensors, preprocess
+from problems.data.augment import NO_NORMALIZATION, augment, normalization_tensors, preprocess
 
 DEFAULT_VALID_SIZE = 10_000
 DEFAULT_TRAIN_EVAL_SIZE = 10_000
@@ -65,21 +68,24 @@ class DeepOBSData:
     """CIFAR-style data for one problem, split and batched the DeepOBS way, on one device.
 
     Args:
-        x_train: uint8 ``[N, 3, 32, 32]`` training images (any device; moved to ``device``).
+        x_train: uint8 ``[N, C, H, W]`` training images (any device; moved to ``device``).
         y_train: int64 ``[N]`` labels.
         x_test: uint8 test images.
         y_test: int64 test labels.
-        dataset: ``cifar10`` or ``cifar100`` (picks the normalisation constants).
+        dataset: ``cifar10``, ``cifar100``, ``mnist`` or ``fmnist`` (a name; picks the default
+            normalisation constants).
         num_classes: Number of classes.
         batch_size: Batch size of every loader.
         seed: Seeds the split and the generator.
         device: Where data, batches and the generator live.
         valid_size: Held-out part of the training set (DeepOBS: ``train_eval_size``, 10,000).
         train_eval_size: Images per ``train_eval()`` evaluation.
-        augment: Augment train and train_eval batches (DeepOBS default True).
+        augment: Augment train and train_eval batches (DeepOBS: True for CIFAR; its
+            augmentation is for RGB images, so 1-channel data must pass False).
         normalization: Data set whose normalisation constants to use (default ``dataset``);
-            the paper's overhead benchmark used CIFAR-10's for CIFAR-100 too.
-        source: A label for where the images came from (``cifar`` or ``synthetic``).
+            the paper's overhead benchmark used CIFAR-10's for CIFAR-100 too. ``"none"``: scale
+            to ``[0, 1]`` only (DeepOBS's (Fashion-)MNIST).
+        source: A label for where the images came from (``cifar``, ``mnist`` or ``synthetic``).
 
     """
 
@@ -102,6 +108,11 @@ class DeepOBSData:
         source: str = "cifar",
     ):
         n = x_train.shape[0]
+        if augment and x_train.shape[1] != 3:
+            raise ValueError(
+                f"the CIFAR augmentation needs RGB images, got {x_train.shape[1]} channel(s); "
+                "pass augment=False (DeepOBS does not augment (Fashion-)MNIST)"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 < valid_size < n:
@@ -134,7 +145,12 @@ class DeepOBSData:
         train_idx, valid_idx = deepobs_split(n, valid_size, self.seed)
         self.train_indices = torch.tensor(train_idx, dtype=torch.int64, device=self.device)
         self.valid_indices = torch.tensor(valid_idx, dtype=torch.int64, device=self.device)
-        self.mean, self.std = normalization_tensors(normalization or dataset, self.device)
+        normalization = normalization or dataset
+        self.mean, self.std = (
+            (None, None)
+            if normalization == NO_NORMALIZATION
+            else normalization_tensors(normalization, self.device)
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.epoch = 0
 
@@ -142,7 +158,7 @@ class DeepOBSData:
 
     @property
     def n_train(self) -> int:
-        """Images in the train part (DeepOBS: 40,000)."""
+        """Images in the train part (DeepOBS: 40,000 for CIFAR, 50,000 for (Fashion-)MNIST)."""
         return self.train_indices.numel()
 
     @property

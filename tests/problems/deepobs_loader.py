@@ -5,10 +5,10 @@ imports its datasets, which import torchvision. Neither is installed (or importa
 torch wheel). As problems spec §2.1 describes, we put empty stand-in packages for ``deepobs``,
 ``deepobs.pytorch`` and ``deepobs.pytorch.testproblems`` into ``sys.modules`` whose ``__path__``
 points at the installed folders, so their submodules import without running the ``__init__``
-files. The test-problem classes also import ``..datasets.cifar10/cifar100``; those two modules are
-stubbed with placeholders that raise if called (we never build the data, only the nets and the
-regulariser). Afterwards ``sys.modules`` is restored: the loaded modules keep working, and nothing
-stubbed leaks into other tests.
+files. The test-problem classes also import ``..datasets.cifar10/cifar100/mnist/fmnist``; those
+modules are stubbed with placeholders that raise if called (we never build the data, only the nets
+and the regulariser). Afterwards ``sys.modules`` is restored: the loaded modules keep working, and
+nothing stubbed leaks into other tests.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ DEEPOBS_NETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "cifar10_3c3d": ("net_cifar10_3c3d", {"num_outputs": 10}, "cifar10_3c3d"),
     "cifar100_3c3d": ("net_cifar10_3c3d", {"num_outputs": 100}, "cifar100_3c3d"),
     "cifar100_allcnnc": ("net_cifar100_allcnnc", {}, "cifar100_allcnnc"),
+    "mnist_logreg": ("net_mnist_logreg", {"num_outputs": 10}, "mnist_logreg"),
+    "fmnist_2c2d": ("net_mnist_2c2d", {"num_outputs": 10}, "fmnist_2c2d"),
 }
+#: the DeepOBS data set modules the problem modules import (stubbed)
+_DATASETS = ("cifar10", "cifar100", "mnist", "fmnist")
 
 
 class DeepOBSUnavailable(RuntimeError):
@@ -66,7 +70,7 @@ def _data_placeholder(*args: Any, **kwargs: Any) -> None:
 
 
 def load_deepobs() -> DeepOBSReference:
-    """Import DeepOBS's PyTorch nets and CIFAR problems via stub packages.
+    """Import DeepOBS's PyTorch nets and problems via stub packages.
 
     Returns:
         The reference modules.
@@ -88,7 +92,7 @@ def load_deepobs() -> DeepOBSReference:
         ),
         "deepobs.pytorch.datasets": _stub_package("deepobs.pytorch.datasets", None),
     }
-    for dataset in ("cifar10", "cifar100"):
+    for dataset in _DATASETS:
         module = _stub_package(f"deepobs.pytorch.datasets.{dataset}", None)
         setattr(module, dataset, _data_placeholder)
         stubs[module.__name__] = module

@@ -4,20 +4,17 @@ The archives have the official layout (``cifar-10-batches-py/data_batch_1..5``, 
 ``batches.meta``; ``cifar-100-python/train``, ``test``, ``meta``) and pickles like the originals
 (uint8 ``data`` [N, 3072], row-major R, G, B planes; list labels; CIFAR-100 with fine and coarse
 labels). Download -> md5 -> read -> parse -> cache runs unchanged; only the base URL and the
-expected md5 are those of the tiny archive.
+expected md5 are those of the tiny archive. The ``server`` fixture is in ``conftest.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import tarfile
-import threading
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -89,43 +86,6 @@ def make_tiny_archive(spec: cifar.CifarSpec, directory: Path, seed: int = 0) -> 
     path = directory / spec.archive
     path.write_bytes(payload)
     return {"md5": hashlib.md5(payload).hexdigest(), "path": path, **expected}
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the directory; ``/truncated/NAME`` announces NAME's full size but sends half."""
-
-    def do_GET(self):  # noqa: N802
-        if self.path.startswith("/truncated/"):
-            payload = (Path(self.directory) / self.path.split("/")[-1]).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload[: len(payload) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path):
-    """An HTTP server on 127.0.0.1 serving ``tmp_path / "www"``; yields (base URL, directory)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(www)))
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", www
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 SPECS = [pytest.param(cifar.DATASETS[n], id=n) for n in ("cifar10", "cifar100")]

@@ -7,9 +7,18 @@ import torch
 from torch import nn
 
 import problems
-from problems.nets import STANDARD_MODULES, build_3c3d, build_allcnnc
+from problems.nets import (
+    STANDARD_MODULES,
+    build_2c2d,
+    build_3c3d,
+    build_3c3d_sigmoid,
+    build_allcnnc,
+    build_mnist_logreg,
+)
 
-NAMES = problems.names()
+NAMES = problems.names() + problems.VARIANTS
+#: the architectures DeepOBS initialises with Xavier (conv normal, linear uniform)
+XAVIER = ("3c3d", "3c3dsig", "allcnnc")
 
 #: DeepOBS's padding type per layer with a kernel, in forward order (problems spec §1.2, §1.3).
 TF_PADDING = {
@@ -22,7 +31,10 @@ TF_PADDING = {
         "same",
     ],  # conv1 pool1 conv2 pool2 conv3 pool3
     "allcnnc": ["same"] * 6 + ["valid", "same", "same"],  # conv1..conv9
+    "2c2d": ["same"] * 4,  # conv1 pool1 conv2 pool2
+    "logreg": [],
 }
+TF_PADDING["3c3dsig"] = TF_PADDING["3c3d"]
 
 
 def tf_same_padding(size, kernel, stride):
@@ -82,7 +94,7 @@ def test_one_flat_sequential_of_standard_modules(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_padding_is_tensorflow_same_or_valid_as_in_deepobs(name):
     problem = problems.get(name)
-    found = applied_padding(problem.model(), torch.zeros(1, 3, 32, 32))
+    found = applied_padding(problem.model(), torch.zeros(1, *problem.input_shape))
     expected_types = TF_PADDING[problem.architecture]
     assert len(found) == len(expected_types)
     for (height, width, kernel, stride, pad), kind in zip(found, expected_types):
@@ -92,8 +104,8 @@ def test_padding_is_tensorflow_same_or_valid_as_in_deepobs(name):
             left, right = tf_same_padding(width, kernel[1], stride[1])
             top, bottom = tf_same_padding(height, kernel[0], stride[0])
             assert pad == (left, right, top, bottom), (height, width, kernel, stride)
-    # the asymmetric cases exist: TF puts the odd pixel right/bottom
-    assert any(p[4] == (0, 1, 0, 1) for p in found)
+    # the asymmetric cases exist on CIFAR: TF puts the odd pixel right/bottom
+    assert any(p[4] == (0, 1, 0, 1) for p in found) == (problem.architecture in XAVIER)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -101,11 +113,11 @@ def test_output_shape_and_dtype(name):
     problem = problems.get(name)
     model = problem.model()
     assert next(model.parameters()).dtype == torch.float32
-    out = model.eval()(torch.randn(2, 3, 32, 32))
+    out = model.eval()(torch.randn(2, *problem.input_shape))
     assert out.shape == (2, problem.num_classes)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if problems.get(n).architecture in XAVIER])
 def test_initialisation_follows_deepobs_scheme(name):
     problem = problems.get(name)
     model = problem.model()
@@ -140,7 +152,7 @@ def test_seed_determines_weights(name):
     c = problem.model()
     for (pname, p), q, r in zip(a.named_parameters(), b.parameters(), c.parameters()):
         assert torch.equal(p, q)
-        if pname.endswith("weight"):
+        if pname.endswith("weight") and problem.architecture != "logreg":  # logreg: all 0
             assert not torch.equal(p, r), pname
 
 
@@ -148,7 +160,7 @@ def test_seed_determines_weights(name):
 def test_dropout_only_in_allcnnc_train_mode(name):
     problem = problems.get(name)
     model = problem.model()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, *problem.input_shape)
     with torch.no_grad():
         train_a, train_b = model.train()(x), model(x)
         eval_a, eval_b = model.eval()(x), model(x)
@@ -184,13 +196,51 @@ def test_cuda_model_has_cpu_initial_weights(name):
     for p, q in zip(cpu.parameters(), gpu.parameters()):
         assert q.is_cuda
         assert torch.equal(p, q.cpu())
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, *problem.input_shape)
     with torch.no_grad():
         torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("builder", [build_3c3d, build_allcnnc], ids=["3c3d", "allcnnc"])
+BUILDERS = [build_3c3d, build_allcnnc, build_3c3d_sigmoid, build_mnist_logreg, build_2c2d]
+
+
+@pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.__name__)
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"], ids=repr)
 def test_builders_reject_bad_num_classes(builder, bad):
     with pytest.raises(ValueError, match="num_classes"):
         builder(bad)
+
+
+def test_mnist_logreg_starts_at_zero_and_predicts_uniformly():
+    model = problems.get("mnist_logreg").model()
+    assert all(torch.all(p == 0) for p in model.parameters())
+    out = model(torch.rand(3, 1, 28, 28))
+    loss = problems.get("mnist_logreg").loss_fn()(out, torch.tensor([0, 4, 9]))
+    assert torch.equal(out, torch.zeros(3, 10))
+    torch.testing.assert_close(loss, torch.tensor(math.log(10)))
+
+
+def test_2c2d_truncated_normal_init():
+    """Weights within 2 std (0.05) of 0, with the truncated normal's std; biases 0.05."""
+    model = problems.get("fmnist_2c2d").model(dtype=torch.float64)
+    # std of a standard normal truncated to [-2, 2]: sqrt(1 - 2 * 2 * phi(2) / (Phi(2) - Phi(-2)))
+    phi = math.exp(-2.0) / math.sqrt(2 * math.pi)
+    mass = math.erf(2 / math.sqrt(2))
+    truncated_std = 0.05 * math.sqrt(1 - 4 * phi / mass)
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert len(layers) == 4
+    for module in layers:
+        assert torch.all(module.bias == torch.tensor(0.05, dtype=torch.float32).double())
+        w = module.weight
+        assert w.abs().max().item() <= 2 * 0.05
+        assert w.std().item() == pytest.approx(truncated_std, rel=0.1)
+
+
+def test_sigmoid_variant_swaps_exactly_one_activation():
+    relu, sig = build_3c3d(10), build_3c3d_sigmoid(10)
+    kinds = [type(m) for m in relu.children()], [type(m) for m in sig.children()]
+    changed = [i for i, (a, b) in enumerate(zip(*kinds)) if a is not b]
+    assert len(kinds[0]) == len(kinds[1]) and len(changed) == 1
+    (i,) = changed
+    assert kinds[0][i] is nn.ReLU and kinds[1][i] is nn.Sigmoid
+    assert list(sig.named_children())[i - 1][0] == "dense2"

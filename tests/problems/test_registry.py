@@ -19,23 +19,33 @@ EXPECTED = {
     "cifar100_3c3d": ("cifar100", 100, 0.002, 128, 100, True, 918_340),
     "cifar10_allcnnc": ("cifar10", 10, 5e-4, 256, 350, False, 1_369_738),
     "cifar100_allcnnc": ("cifar100", 100, 5e-4, 256, 350, True, 1_387_108),
+    "mnist_logreg": ("mnist", 10, 0.0, 128, 50, True, 7_850),
+    "fmnist_2c2d": ("fmnist", 10, 0.0, 128, 100, True, 3_274_634),
 }
+#: problems get() accepts that names() does not list (paper Fig. 9's sigmoid 3C3D)
+VARIANTS = {"cifar10_3c3dsig": ("cifar10", 10, 0.002, 128, 100, False, 895_210)}
+#: the problems whose batch size and epochs are DeepOBS's DEFAULT_TEST_PROBLEMS_SETTINGS
+DEEPOBS_DEFAULTS = ("cifar10_3c3d", "cifar100_allcnnc", "mnist_logreg", "fmnist_2c2d")
 NAMES = tuple(EXPECTED)
 
 
 def test_names_follow_the_spec():
-    assert problems.names() == spec.PROBLEMS == NAMES
+    assert problems.names() == spec.PROBLEMS == problems.PROBLEMS == NAMES
+    assert len(NAMES) == 6
+    assert tuple(VARIANTS) == problems.VARIANTS
+    assert not set(VARIANTS) & set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + tuple(VARIANTS))
 def test_attributes(name):
     problem = problems.get(name)
     assert isinstance(problem, spec.Problem)
-    dataset, classes, l2, batch, epochs, in_deepobs, _ = EXPECTED[name]
+    dataset, classes, l2, batch, epochs, in_deepobs, _ = {**EXPECTED, **VARIANTS}[name]
     assert problem.name == name
     assert (problem.dataset, problem.num_classes, problem.l2) == (dataset, classes, l2)
     assert (problem.batch_size, problem.epochs, problem.in_deepobs) == (batch, epochs, in_deepobs)
-    assert problem.deepobs_defaults == (name in ("cifar10_3c3d", "cifar100_allcnnc"))
+    assert problem.deepobs_defaults == (name in DEEPOBS_DEFAULTS)
+    assert problem.input_shape == ((1, 28, 28) if "mnist" in dataset else (3, 32, 32))
 
 
 @pytest.mark.parametrize("bad", ["cifar10", "CIFAR10_3C3D", "", None, 3], ids=repr)
@@ -46,13 +56,13 @@ def test_unknown_name_lists_valid_names(bad):
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + tuple(VARIANTS))
 def test_parameter_count_without_rng_use(name):
     problem = problems.get(name)
     state = torch.random.get_rng_state()
     count = problem.num_parameters()
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert count == EXPECTED[name][-1]
+    assert count == {**EXPECTED, **VARIANTS}[name][-1]
     assert count == sum(p.numel() for p in problem.model().parameters())
 
 
@@ -83,6 +93,10 @@ def test_l2_penalty_value_and_gradient(name):
     direct = 0.5 * problem.l2 * sum((p**2).sum() for p in model.parameters() if p.dim() > 1)
     assert penalty.shape == ()
     torch.testing.assert_close(penalty, direct, rtol=1e-12, atol=0)
+    assert penalty.dtype == torch.float64
+    if problem.l2 == 0.0:  # unregularised (DeepOBS adds 0): a constant
+        assert penalty.item() == 0.0 and not penalty.requires_grad
+        return
     assert penalty.item() > 0
     penalty.backward()
     for pname, p in model.named_parameters():
@@ -192,7 +206,7 @@ def test_command_json_parses(fake_data, capsys):
         assert row["l2"] == problem.l2
         assert row["in_deepobs"] is problem.in_deepobs
         assert row["data_present"] is (problem.dataset == "cifar100")
-    assert {c[1] for c in calls} == {("cifar10", "D"), ("cifar100", "D")}
+    assert {c[1] for c in calls} == {(row[0], "D") for row in EXPECTED.values()}
 
 
 def test_cli_entry_point_json_and_help(tmp_path, capsys):
