@@ -208,7 +208,7 @@ def run_smoke(
             report.problems.append(f"{run_id} finished before the kill but was redone")
     for run_id in report.interrupted:
         sidecar = store.read_sidecar(run_id)
-        if not sidecar.get("resumed") or sidecar.get("attempts") != 2:
+        if not sidecar.get("resumed") or len(sidecar.get("attempts") or []) != 2:
             report.problems.append(f"{run_id} did not resume from its checkpoint")
     leftovers = [p.name for p in out.rglob("*") if p.suffix in (".pt", ".tmp")]
     if leftovers:
