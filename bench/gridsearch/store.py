@@ -316,7 +316,17 @@ class RunStore:
 # --------------------------------------------------------------------------------------------
 
 #: Columns of :func:`status_table`.
-STATUS_COLUMNS = ("problem", "method", "expected", *STATUSES)
+STATUS_COLUMNS = ("problem", "method", "expected", *STATUSES, "devices")
+
+
+def run_device(sidecar: dict[str, Any]) -> str | None:
+    """Return the device the run's last attempt used, e.g. ``cuda:0 (NVIDIA H100)``."""
+    attempts = sidecar.get("attempts")
+    if not isinstance(attempts, list) or not attempts:
+        return None
+    last = attempts[-1]
+    name = last.get("device_name")
+    return f"{last.get('device')} ({name})" if name else last.get("device")
 
 
 def status_table(jobs: Sequence[RunConfig], store: RunStore) -> list[dict[str, Any]]:
@@ -327,10 +337,12 @@ def status_table(jobs: Sequence[RunConfig], store: RunStore) -> list[dict[str, A
         store: the run store.
 
     Returns:
-        One dict per (problem, method), in first-seen order, with :data:`STATUS_COLUMNS`.
+        One dict per (problem, method), in first-seen order, with :data:`STATUS_COLUMNS`;
+        ``devices`` counts the devices the finished and diverged runs used (``cpu (...) x3``).
 
     """
     table: dict[tuple[str, str], dict[str, Any]] = {}
+    devices: dict[tuple[str, str], dict[str, int]] = {}
     seen: set[str] = set()
     for job in jobs:
         if job.run_id in seen:
@@ -343,7 +355,14 @@ def status_table(jobs: Sequence[RunConfig], store: RunStore) -> list[dict[str, A
             | dict.fromkeys(STATUSES, 0),
         )
         row["expected"] += 1
-        row[store.status(job.run_id)] += 1
+        status = store.status(job.run_id)
+        row[status] += 1
+        used = run_device(store.read_sidecar(job.run_id) or {}) if status in DONE else None
+        if used:
+            counts = devices.setdefault(key, {})
+            counts[used] = counts.get(used, 0) + 1
+    for key, row in table.items():
+        row["devices"] = ", ".join(f"{d} x{n}" for d, n in devices.get(key, {}).items()) or "-"
     return list(table.values())
 
 
