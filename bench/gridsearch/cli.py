@@ -329,7 +329,7 @@ def check_store_environment(store: RunStore, device: str) -> str | None:
 
     from bench.results_io import atomic_write_json, read_json
 
-    path = store.root / "store.json"
+    path = store.root / ".environment.json"  # a dot file: not a run sidecar
     mine = {"device_type": device.split(":")[0], "torch": torch.__version__}
     recorded = read_json(path)
     if recorded is None:
