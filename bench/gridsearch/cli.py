@@ -5,18 +5,25 @@
     curvbench gridsearch status                   # expected / done / running / ... per method
     curvbench gridsearch best                     # the chosen setting per (problem, method)
     curvbench gridsearch smoke                    # tiny synthetic grid, kill -9, resume, figures
+    curvbench gridsearch unlock                   # remove stale run locks (--force: live ones)
 
 Every run is identified by a hash of its config; rerunning skips finished runs, resumes
 interrupted ones from their last epoch checkpoint, and a changed grid reuses what matches.
+On a SLURM cluster see docs/cluster.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+from bench import options as opt
 from bench.gridsearch.cli_slurm import add_slurm_arguments, slurm_options_from_args
 from bench.gridsearch.grid import (
     BASELINE_LRS,
@@ -31,12 +38,32 @@ from bench.gridsearch.grid import (
 )
 from bench.gridsearch.store import STATUS_COLUMNS, RunStore, best_settings, seed_runs, status_table
 
+#: Environment variable naming the data directory (``problems.data.cifar``).
+DATA_ENV = "CURVBENCH_DATA"
+
 DEFAULT_PROBLEMS = ("cifar10_3c3d", "cifar100_allcnnc")
 DEFAULT_OUT = "results/gridsearch/paper"
+#: The committed smoke reference (``--update-reference``) and the smoke's default output.
+SMOKE_REFERENCE = "results/gridsearch/smoke"
+SMOKE_OUT = "results/gridsearch/local/smoke"
+SMOKE_PLOTS = "plots/local"
 
 
-def _floats(text: str) -> float:
-    return float(text)
+class UsageError(Exception):
+    """A bad combination of options found before any work (printed as one line, exit 2)."""
+
+
+def _problem_names() -> tuple[str, ...]:
+    import problems
+
+    return problems.names()
+
+
+def _problem(text: str) -> str:
+    return opt.one_of(_problem_names(), "problem")(text)
+
+
+_problem.__name__ = "problem"
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +72,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--problems",
         nargs="+",
+        type=_problem,
         default=list(DEFAULT_PROBLEMS),
-        help="problems (default: %(default)s)",
+        metavar="PROBLEM",
+        help=f"problems among {', '.join(_problem_names())} (default: %(default)s)",
     )
     g.add_argument(
         "--methods",
@@ -56,27 +85,37 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="METHOD",
         help=f"methods among {', '.join(METHODS)} (default: the paper's per problem)",
     )
-    g.add_argument("--lrs", nargs="+", type=_floats, default=list(PAPER_LRS), help="curvature lrs")
     g.add_argument(
-        "--dampings", nargs="+", type=_floats, default=list(PAPER_DAMPINGS), help="dampings"
+        "--lrs", nargs="+", type=opt.positive_float, default=list(PAPER_LRS), help="curvature lrs"
+    )
+    g.add_argument(
+        "--dampings",
+        nargs="+",
+        type=opt.positive_float,
+        default=list(PAPER_DAMPINGS),
+        help="dampings",
     )
     g.add_argument(
         "--baseline-lrs",
         nargs="+",
-        type=_floats,
+        type=opt.positive_float,
         default=list(BASELINE_LRS),
         help="baseline lrs (default: DeepOBS's 36 values 1e-5..1e2)",
     )
     g.add_argument(
         "--seeds",
         nargs="+",
-        type=int,
+        type=opt.nonnegative_int,
         default=list(BEST_SEEDS),
         help="seeds of the best setting's reruns (default 42..51)",
     )
     g.add_argument("--no-best", action="store_true", help="run the grid only, no seed reruns")
-    g.add_argument("--epochs", type=int, default=None, help="epochs (default: the problem's)")
-    g.add_argument("--batch-size", type=int, default=None, help="default: the problem's")
+    g.add_argument(
+        "--epochs", type=opt.positive_int, default=None, help="epochs (default: the problem's)"
+    )
+    g.add_argument(
+        "--batch-size", type=opt.positive_int, default=None, help="default: the problem's"
+    )
     g.add_argument("--source", choices=("cifar", "synthetic"), default="cifar")
     g.add_argument(
         "--average",
@@ -86,7 +125,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "this batch's (paper's text)",
     )
     g.add_argument(
-        "--inverse-every", type=int, default=None, help="recompute inverses every k steps (1)"
+        "--inverse-every",
+        type=opt.positive_int,
+        default=None,
+        help="recompute inverses every k steps (1)",
     )
     g.add_argument(
         "--backend",
@@ -96,14 +138,22 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-steps-per-epoch",
-        type=int,
+        type=opt.positive_int,
         default=None,
         help="SMOKE ONLY: truncate every epoch to this many steps",
     )
-    g.add_argument("--n-train", type=int, default=None, help="use this many training images")
-    g.add_argument("--n-test", type=int, default=None, help="use this many test images")
-    g.add_argument("--train-eval-size", type=int, default=None, help="train_eval images")
-    g.add_argument("--out", default=DEFAULT_OUT, help="the run store (default: %(default)s)")
+    for flag, what in (
+        ("--n-train", "use this many training images"),
+        ("--n-test", "use this many test images"),
+        ("--train-eval-size", "train_eval images"),
+    ):
+        g.add_argument(flag, type=opt.positive_int, default=None, help=what)
+    g.add_argument(
+        "--out",
+        type=opt.output_dir,
+        default=DEFAULT_OUT,
+        help="the run store (default: %(default)s); made absolute before anything is submitted",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -177,26 +227,74 @@ def print_status(grid: list[RunConfig], store: RunStore, seeds: list[int], best:
 # --------------------------------------------------------------------------------------------
 
 
-def _default_device() -> str:
-    import torch
+def check_slurm_available() -> None:
+    """Raise :class:`UsageError` unless ``sbatch`` is on PATH and submitit is installed."""
+    if shutil.which("sbatch") is None:
+        raise UsageError(
+            "--executor slurm: sbatch not found on PATH (run this on a SLURM login node, "
+            "or use --executor local)"
+        )
+    if importlib.util.find_spec("submitit") is None:
+        raise UsageError("--executor slurm: the submitit package is missing (pip install submitit)")
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def slurm_device(device: str | None, gpus: int) -> str:
+    """Return the device a SLURM task trains on; the device and ``--slurm-gpus`` must agree.
+
+    Nothing is resolved on the submitting host (a login node may have no GPU): without
+    ``--device`` a task given GPUs trains on CUDA (and fails loudly on a node without one),
+    any other is ``auto``, resolved on its node (:func:`bench.gridsearch.train.resolve_device`).
+    """
+    if device is None:
+        return "cuda" if gpus > 0 else "auto"
+    if device.startswith("cuda") and gpus == 0:
+        raise UsageError(
+            f"--device {device} needs GPUs on the nodes: add --slurm-gpus 1 (or more), "
+            "or use --device cpu"
+        )
+    if device == "cpu" and gpus > 0:
+        raise UsageError(
+            f"--slurm-gpus {gpus} asks for GPUs but --device cpu trains on the CPU: "
+            "use --device cuda, or drop --slurm-gpus"
+        )
+    return device
+
+
+def local_device(device: str | None) -> str:
+    """Return the device a local run trains on (checked here: it runs on this machine)."""
+    if device is None:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    opt.require_device(device)
+    return device
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the grid, then the best settings' seed reruns; print what is left."""
     from bench.gridsearch.executors import make_executor
 
-    device = args.device or _default_device()
+    args.out = Path(args.out).resolve()  # what is submitted names the store absolutely
+    slurm: dict[str, Any] = {}
     gpus = args.gpus
-    if device.startswith("cuda") and gpus is None and args.executor == "local":
-        import torch
-
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
-    jobs_per_slot = args.jobs if args.jobs is not None else (len(gpus) if gpus else 1)
-    slurm = {}
     if args.executor == "slurm":
+        device = slurm_device(args.device, args.slurm_gpus)
+        check_slurm_available()
         slurm = slurm_options_from_args(args)
+        if args.data_dir is not None:
+            slurm["setup"] = [
+                f"export {DATA_ENV}={shlex.quote(str(args.data_dir))}",
+                *slurm["setup"],
+            ]
+    else:
+        device = local_device(args.device)
+        if device.startswith("cuda") and gpus is None:
+            import torch
+
+            gpus = [str(i) for i in range(torch.cuda.device_count())]
+    if args.data_dir is not None:
+        os.environ[DATA_ENV] = str(args.data_dir)  # the local workers inherit it
+    jobs_per_slot = args.jobs if args.jobs is not None else (len(gpus) if gpus else 1)
     executor = make_executor(
         args.executor,
         jobs=jobs_per_slot,
@@ -206,6 +304,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     store = RunStore(args.out)
     grid = grid_jobs(args, device)
+    if args.executor == "local":
+        note = check_store_environment(store, device)
+        if note:
+            print(note)
     print(f"grid: {len(grid)} runs -> {store.root} ({type(executor).__name__}, {device})")
     executor.run(grid, store)
     if not args.no_best:
@@ -216,9 +318,66 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if left == 0 else 3
 
 
+def check_store_environment(store: RunStore, device: str) -> str | None:
+    """Record the store's environment (device type, torch); say so when this one differs.
+
+    Returns:
+        A line to print when runs in the store were trained elsewhere (``None`` if compatible).
+
+    """
+    import torch
+
+    from bench.results_io import atomic_write_json, read_json
+
+    path = store.root / ".environment.json"  # a dot file: not a run sidecar
+    mine = {"device_type": device.split(":")[0], "torch": torch.__version__}
+    recorded = read_json(path)
+    if recorded is None:
+        atomic_write_json(path, mine)
+        return None
+    diff = {k: (recorded.get(k), v) for k, v in mine.items() if recorded.get(k) != v}
+    if not diff:
+        return None
+    what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in diff.items())
+    return (
+        f"note: {store.root} was started with another environment ({what}); interrupted runs "
+        "resume across it (each run's sidecar lists its attempts); use a new --out to keep "
+        "them apart"
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print expected / done / running / failed / diverged per (problem, method)."""
     print_status(grid_jobs(args), RunStore(args.out), args.seeds, not args.no_best)
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    """Remove stale run locks of a store (``--force``: live ones too, with a warning)."""
+    store = RunStore(args.out)
+    folder = store.root / "locks"
+    run_ids = args.run_ids or sorted(p.stem for p in folder.glob("*.lock"))
+    removed = 0
+    for run_id in run_ids:
+        holder = store.lock_holder(run_id)
+        if holder is None:
+            continue
+        live = holder.is_live(store.lock_ttl_s)
+        who = f"{holder.host} pid {holder.pid}, heartbeat {holder.age_s():.0f} s ago"
+        if live and not args.force:
+            print(f"kept   {run_id}: live lock ({who}); --force removes it")
+            continue
+        if store.unlock(run_id, force=args.force):
+            removed += 1
+            if live:
+                print(
+                    f"WARNING: removed the LIVE lock of {run_id} ({who}); if that process still "
+                    "trains the run, a second sweep may train it twice",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"removed {run_id}: stale lock ({who})")
+    print(f"unlock: removed {removed} lock(s) in {store.root}")
     return 0
 
 
@@ -240,16 +399,26 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_smoke(args: argparse.Namespace) -> int:
     """Run the smoke grid with a kill -9 and a resume, check the store, build the figures."""
-    from bench.gridsearch.smoke import run_smoke
+    from bench.gridsearch.smoke import SmokeRefused, run_smoke
 
-    report = run_smoke(
-        Path(args.out),
-        Path(args.plots),
-        plan_from_argv,
-        quick=args.quick,
-        keep=args.keep,
-        verbose=True,
-    )
+    if args.update_reference:
+        out, plots = Path(SMOKE_REFERENCE), Path(args.plots or "plots")
+        report_dir = out.parent  # results/gridsearch/REPORT.md, as `make figures` builds it
+    else:
+        out, plots = Path(args.out), Path(args.plots or SMOKE_PLOTS)
+        report_dir = out
+    try:
+        report = run_smoke(
+            out,
+            plots,
+            plan_from_argv,
+            quick=args.quick,
+            keep=args.keep,
+            verbose=True,
+            report_dir=report_dir,
+        )
+    except SmokeRefused as err:
+        raise UsageError(str(err)) from None
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -261,14 +430,14 @@ def cmd_steptime(args: argparse.Namespace) -> int:
     from bench.gridsearch.steptime import measure
     from bench.results_io import atomic_write_csv
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = local_device(args.device)
+    torch.set_num_threads(args.threads)
     rows = measure(
         args.problems,
         args.methods,
         batch_size=args.batch_size,
         rounds=args.rounds,
-        device=args.device or _default_device(),
+        device=device,
         backend=args.backend,
     )
     print(f"{'problem':18s} {'method':13s} {'ratio to SGD':>12s}  (median of {args.rounds})")
@@ -306,11 +475,18 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_or_auto(text: str) -> str | None:
+    return None if text == "auto" else opt.device(text)
+
+
+_device_or_auto.__name__ = "device"
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``gridsearch`` and its subcommands on the ``curvbench`` subparsers."""
     parser = subparsers.add_parser(
         "gridsearch",
-        help="the paper's alpha/lambda grid search (run, status, best, smoke)",
+        help="the paper's alpha/lambda grid search (run, status, best, smoke, unlock)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -325,24 +501,46 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_sweep_arguments(run)
     ex = run.add_argument_group("how to run")
-    ex.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ex.add_argument(
+        "--device",
+        type=_device_or_auto,
+        default=None,
+        help="cpu, cuda or cuda:N (default auto: local runs use cuda if this machine has "
+        "it; SLURM tasks use cuda when --slurm-gpus > 0, decided on the node, not here)",
+    )
     ex.add_argument(
         "--executor", choices=("local", "slurm"), default="local", help="default: %(default)s"
     )
     ex.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=opt.positive_int,
         default=None,
         help="local slots: GPUs on cuda (default: all), CPU shares on cpu (default 1; "
         "1 slot x 1 run = in-process)",
     )
-    ex.add_argument("--runs-per-slot", type=int, default=1, help="concurrent runs per slot (1)")
-    ex.add_argument("--gpus", nargs="+", default=None, help="GPU ids for the slots")
+    ex.add_argument(
+        "--runs-per-slot", type=opt.positive_int, default=1, help="concurrent runs per slot (1)"
+    )
+    ex.add_argument(
+        "--gpus",
+        nargs="+",
+        default=None,
+        help="GPUs for the slots: indices into this process's CUDA_VISIBLE_DEVICES, or UUIDs",
+    )
+    ex.add_argument(
+        "--data-dir",
+        type=lambda text: opt.existing_dir(text).resolve(),
+        default=None,
+        help=f"the data directory (default: ${DATA_ENV}, else ~/.cache/curvbench); on a "
+        "cluster a folder on a shared filesystem, passed to the tasks as an absolute path",
+    )
     add_slurm_arguments(run)
     run.set_defaults(gridsearch_func=cmd_run)
 
-    status = sub.add_parser("status", help="expected / done / running / failed / diverged")
+    status = sub.add_parser(
+        "status", help="expected / done / running / failed / diverged, and the devices used"
+    )
     add_sweep_arguments(status)
     status.set_defaults(gridsearch_func=cmd_status)
 
@@ -350,11 +548,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_sweep_arguments(best)
     best.set_defaults(gridsearch_func=cmd_best)
 
+    unlock = sub.add_parser(
+        "unlock",
+        help="remove stale run locks (dead holder, or no heartbeat within the TTL)",
+        description="Remove the locks of runs whose holder died (same host) or whose heartbeat "
+        "is older than the lock TTL (any host). A live lock is kept unless --force: removing "
+        "one while its process still trains lets a second sweep train the run twice.",
+    )
+    unlock.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="default: every lock")
+    unlock.add_argument(
+        "--out", type=opt.existing_dir, default=DEFAULT_OUT, help="the run store (%(default)s)"
+    )
+    unlock.add_argument("--force", action="store_true", help="remove live locks too (careful)")
+    unlock.set_defaults(gridsearch_func=cmd_unlock)
+
     steptime = sub.add_parser(
         "steptime",
         help="step time of each optimizer relative to SGD-momentum (one process, interleaved)",
     )
-    steptime.add_argument("--problems", nargs="+", default=list(DEFAULT_PROBLEMS))
+    steptime.add_argument(
+        "--problems", nargs="+", type=_problem, default=list(DEFAULT_PROBLEMS), metavar="PROBLEM"
+    )
     steptime.add_argument(
         "--methods",
         nargs="+",
@@ -363,11 +577,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="METHOD",
         help="methods to time (default: all but KFRA, infeasible on CNNs)",
     )
-    steptime.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
-    steptime.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
-    steptime.add_argument("--device", default=None, help="default: cuda if available")
+    steptime.add_argument(
+        "--batch-size", type=opt.positive_int, default=32, help="default: %(default)s"
+    )
+    steptime.add_argument(
+        "--rounds", type=opt.positive_int, default=5, help="timed rounds (default 5)"
+    )
+    steptime.add_argument(
+        "--device", type=_device_or_auto, default=None, help="default: cuda if available"
+    )
     steptime.add_argument("--backend", choices=("auto", "ours", "backpack"), default="auto")
-    steptime.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    steptime.add_argument(
+        "--threads", type=opt.positive_int, default=2, help="torch threads (default 2)"
+    )
     steptime.add_argument("--csv", default=None, help="also write the rows to this CSV")
     steptime.set_defaults(gridsearch_func=cmd_steptime)
 
@@ -375,10 +597,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "throughput",
         help="the local executor's runs/hour for 1, 2, 4 runs per slot (tiny synthetic runs)",
     )
-    throughput.add_argument("--runs-per-slot", nargs="+", type=int, default=[1, 2, 4])
-    throughput.add_argument("--runs", type=int, default=8, help="runs per setting (8)")
-    throughput.add_argument("--epochs", type=int, default=1, help="epochs per run (1)")
-    throughput.add_argument("--steps", type=int, default=5, help="steps per epoch (5)")
+    throughput.add_argument("--runs-per-slot", nargs="+", type=opt.positive_int, default=[1, 2, 4])
+    throughput.add_argument("--runs", type=opt.positive_int, default=8, help="runs per setting")
+    throughput.add_argument("--epochs", type=opt.positive_int, default=1, help="epochs per run")
+    throughput.add_argument("--steps", type=opt.positive_int, default=5, help="steps per epoch")
     throughput.set_defaults(gridsearch_func=cmd_throughput)
 
     smoke = sub.add_parser(
@@ -386,13 +608,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="tiny synthetic grid end to end, with kill -9 and resume (a few minutes on CPU)",
         description="Run a tiny grid on synthetic data in a subprocess, SIGKILL it once a run "
         "finished and another is mid-way, resume, check that no finished run was redone and "
-        "every CSV is whole, then build the figures and REPORT.md.",
+        "every CSV is whole, then build the figures and REPORT.md. The default output is this "
+        f"machine's own ({SMOKE_OUT}, plots under {SMOKE_PLOTS}); the committed reference "
+        f"({SMOKE_REFERENCE}) is rewritten only with --update-reference.",
     )
-    smoke.add_argument("--out", default="results/gridsearch/smoke", help="default: %(default)s")
-    smoke.add_argument("--plots", default="plots", help="plots root (default: %(default)s)")
+    smoke.add_argument(
+        "--out",
+        type=opt.output_dir,
+        default=SMOKE_OUT,
+        help="the smoke's store (default: %(default)s); an existing folder must be empty or an "
+        "earlier smoke's (it is cleared)",
+    )
+    smoke.add_argument(
+        "--plots",
+        default=None,
+        help=f"plots root (default: {SMOKE_PLOTS}; plots with --update-reference)",
+    )
     smoke.add_argument("--quick", action="store_true", help="an even smaller grid (tests)")
     smoke.add_argument(
         "--keep", action="store_true", help="keep existing runs in --out (default: start fresh)"
+    )
+    smoke.add_argument(
+        "--update-reference",
+        action="store_true",
+        help=f"write the committed reference {SMOKE_REFERENCE} (and plots/) instead of --out",
     )
     smoke.set_defaults(gridsearch_func=cmd_smoke)
 
@@ -401,7 +640,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         if func is None:
             parser.print_help(sys.stderr)
             return 2
-        return func(args)
+        try:
+            return func(args)
+        except (UsageError, opt.DeviceUnavailable) as err:
+            print(f"curvbench gridsearch {args.gridsearch_command}: error: {err}", file=sys.stderr)
+            return 2
 
     parser.set_defaults(func=dispatch)
     return parser

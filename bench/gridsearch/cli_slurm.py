@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import options as opt
+
 
 def add_slurm_arguments(parser) -> None:
     """Add the ``--slurm-*`` options of :class:`SlurmExecutor` to an argparse parser."""
@@ -15,17 +17,24 @@ def add_slurm_arguments(parser) -> None:
     group.add_argument("--slurm-partition", default=None, help="partition (default: the cluster's)")
     group.add_argument(
         "--slurm-time",
-        type=int,
+        type=opt.positive_int,
         default=240,
         metavar="MIN",
         help="time limit per run in minutes; runs reaching it are requeued and resume (240)",
     )
-    group.add_argument("--slurm-cpus", type=int, default=2, help="CPUs per run (2)")
-    group.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per run (0)")
-    group.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per run in GB")
+    group.add_argument("--slurm-cpus", type=opt.positive_int, default=2, help="CPUs per run (2)")
+    group.add_argument(
+        "--slurm-gpus",
+        type=opt.nonnegative_int,
+        default=0,
+        help="GPUs per run (0); > 0 trains on CUDA on the node (--device must agree)",
+    )
+    group.add_argument(
+        "--slurm-mem-gb", type=opt.positive_float, default=None, help="memory per run in GB"
+    )
     group.add_argument(
         "--slurm-parallel",
-        type=int,
+        type=opt.positive_int,
         default=16,
         metavar="N",
         help="at most N runs of the job array at once (16)",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 
 from bench.gridsearch.grid import RunConfig
-from bench.gridsearch.jobs import THREADS_ENV, Executor, pending, run_job
+from bench.gridsearch.jobs import THREADS_ENV, Executor, failure_line, pending, run_job
 from bench.gridsearch.store import RunStore
 
 
@@ -21,6 +21,15 @@ def _progress(total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+
+
+def _report(bar, job: RunConfig, status: str, store: RunStore) -> None:
+    """Show the run's outcome on the bar; print why it failed (not only in its JSON)."""
+    bar.set_postfix_str(f"{job.method} lr={job.lr:g}: {status}")
+    bar.update()
+    line = failure_line(job, status, store)
+    if line:
+        bar.write(line)
 
 
 class InProcessExecutor:
@@ -31,9 +40,28 @@ class InProcessExecutor:
         todo = pending(jobs, store)
         with _progress(len(todo), "runs") as bar:
             for job in todo:
-                status = run_job(job.to_dict(), str(store.root))
-                bar.set_postfix_str(f"{job.method} lr={job.lr:g}: {status}")
-                bar.update()
+                _report(bar, job, run_job(job.to_dict(), str(store.root)), store)
+
+
+def slot_visible_devices(gpu: str, parent: str | None) -> str:
+    """Return what ``CUDA_VISIBLE_DEVICES`` a slot for ``gpu`` sets in its workers.
+
+    ``gpu`` is a GPU as this process numbers them (an index into the parent's
+    ``CUDA_VISIBLE_DEVICES`` when that is set: under ``CUDA_VISIBLE_DEVICES=2,3`` GPU ``0`` is
+    physical GPU 2) or a UUID / MIG id, passed on as it is.
+
+    Raises:
+        ValueError: an index beyond the parent's list.
+
+    """
+    if parent is None or not gpu.isdigit():
+        return gpu
+    entries = [e.strip() for e in parent.split(",") if e.strip()]
+    if int(gpu) >= len(entries):
+        raise ValueError(
+            f"GPU {gpu} is not visible: CUDA_VISIBLE_DEVICES={parent!r} shows {len(entries)} GPU(s)"
+        )
+    return entries[int(gpu)]
 
 
 def _enter_slot(visible_devices: str | None, threads: int) -> None:
@@ -47,14 +75,16 @@ def _enter_slot(visible_devices: str | None, threads: int) -> None:
 class LocalPoolExecutor:
     """A local process pool: one fresh (spawned) process per run, ``runs_per_slot`` per slot.
 
-    A slot is one GPU (its id goes to ``CUDA_VISIBLE_DEVICES``, so the run sees it as
-    ``cuda:0``) or, with ``gpus=None``, a share of the CPU. Each slot has its own pool; the
-    dispatcher keeps every slot busy with up to ``runs_per_slot`` runs.
+    A slot is one GPU (its entry of the parent's ``CUDA_VISIBLE_DEVICES``, or its id when that
+    is unset, goes to the workers' ``CUDA_VISIBLE_DEVICES``, so the run sees it as ``cuda:0``;
+    see :func:`slot_visible_devices`) or, with ``gpus=None``, a share of the CPU. Each slot has
+    its own pool; the dispatcher keeps every slot busy with up to ``runs_per_slot`` runs.
 
     Args:
         slots: the number of CPU slots (ignored when ``gpus`` is given).
         runs_per_slot: concurrent runs sharing one slot.
-        gpus: GPU ids, one slot each (e.g. ``["0", "1"]``).
+        gpus: GPUs, one slot each: indices as this process numbers them (e.g. ``["0", "1"]``)
+            or UUIDs.
         threads_per_run: torch threads per run; default: the CPU cores split evenly.
         max_crashes: a run whose worker process dies is requeued (and resumes from its
             checkpoint) this many times before it counts as crashed.
@@ -71,7 +101,10 @@ class LocalPoolExecutor:
     ):
         if runs_per_slot < 1 or slots < 1:
             raise ValueError("slots and runs_per_slot must be >= 1")
-        self.slot_devices: list[str | None] = list(gpus) if gpus else [None] * slots
+        parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.slot_devices: list[str | None] = (
+            [slot_visible_devices(str(g), parent) for g in gpus] if gpus else [None] * slots
+        )
         self.runs_per_slot = runs_per_slot
         self.max_crashes = max_crashes
         concurrent = len(self.slot_devices) * runs_per_slot
@@ -111,8 +144,7 @@ class LocalPoolExecutor:
                             status = "crashed"
                         except Exception as err:  # noqa: BLE001 - e.g. an unpicklable result
                             status = f"failed ({type(err).__name__})"
-                        bar.set_postfix_str(f"{job.method} lr={job.lr:g}: {status}")
-                        bar.update()
+                        _report(bar, job, status, store)
         finally:
             for pool in pools:
                 pool.shutdown(wait=True, cancel_futures=True)

@@ -70,11 +70,25 @@ def run_job(config_dict: dict, store_dir: str) -> str:
             return store.read_sidecar(config.run_id)["status"]
         try:
             return train_run(config, store)
-        except Exception:  # noqa: BLE001 - one failed run never stops the sweep
+        except Exception as err:  # noqa: BLE001 - one failed run never stops the sweep
             sidecar = store.read_sidecar(config.run_id) or {"config": config.to_dict()}
-            sidecar.update(status="failed", error=traceback.format_exc())
+            reason = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+            sidecar.update(status="failed", error=traceback.format_exc(), reason=reason)
             store.write_sidecar(config.run_id, sidecar)
             return "failed"
+
+
+def failure_line(job: RunConfig, status: str, store: RunStore) -> str | None:
+    """Return one console line saying why ``job`` failed (``None`` unless it failed)."""
+    if status in ("finished", "diverged", "running"):
+        return None
+    sidecar = store.read_sidecar(job.run_id) or {}
+    reason = sidecar.get("reason") or (sidecar.get("error") or status).strip().splitlines()[-1]
+    damping = "" if job.damping is None else f" damping={job.damping:g}"
+    return (
+        f"run {job.run_id} ({job.problem} {job.method} lr={job.lr:g}{damping}) {status}: "
+        f"{reason} (details: {store.sidecar_path(job.run_id)})"
+    )
 
 
 def pending(jobs: Sequence[RunConfig], store: RunStore) -> list[RunConfig]:

@@ -35,7 +35,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 from bench.gridsearch.grid import DONE, RunConfig
-from bench.gridsearch.jobs import THREADS_ENV, pending, run_job
+from bench.gridsearch.jobs import THREADS_ENV, failure_line, pending, run_job
 from bench.gridsearch.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -384,6 +384,10 @@ class SlurmExecutor:
         for run, job in zip(todo, submitted):
             self.outcomes[run.run_id] = self._outcome(run, job, store)
         failed = {rid: s for rid, s in self.outcomes.items() if s not in DONE}
+        for run in todo:
+            line = failure_line(run, self.outcomes[run.run_id], store)
+            if line:
+                print(line)
         if failed:
             log.warning(
                 "%d of %d runs did not finish: %s (logs in %s)",

@@ -56,6 +56,34 @@ SMOKE_ARGS = {
 }  # fmt: skip
 
 
+#: The file that marks a folder as a smoke store (the only kind the smoke clears).
+MARKER = ".curvbench-smoke"
+
+
+class SmokeRefused(ValueError):
+    """The smoke's output folder holds files the smoke did not create."""
+
+
+def prepare_out(out: Path, keep: bool) -> None:
+    """Make ``out`` an empty (or, with ``keep``, existing) smoke store, tagged with :data:`MARKER`.
+
+    Only a folder with the marker is cleared: the smoke never deletes what it did not create.
+
+    Raises:
+        SmokeRefused: ``out`` is a non-empty folder without the marker.
+
+    """
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise SmokeRefused(
+            f"--out {out} is not empty and was not made by the smoke (no {MARKER} in it): "
+            "pass a new or empty folder"
+        )
+    if out.exists() and not keep:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `curvbench gridsearch smoke`; cleared by its next run\n")
+
+
 @dataclass
 class SmokeReport:
     """What the smoke test saw; ``ok`` when every check passed."""
@@ -136,27 +164,33 @@ def run_smoke(
     quick: bool = False,
     keep: bool = False,
     verbose: bool = False,
+    report_dir: Path | None = None,
 ) -> SmokeReport:
     """Run the smoke test (see the module docstring) and return what it saw.
 
     Args:
-        out: the run store for the smoke runs (cleared first unless ``keep``).
+        out: the run store for the smoke runs: new, empty or an earlier smoke's (cleared
+            first unless ``keep``; see :func:`prepare_out`).
         plots: the plots root handed to ``make_all``.
         plan: the runs a ``gridsearch run`` argv trains (see :data:`Plan`).
         quick: the smaller grid (for the test suite).
         keep: keep existing runs in ``out``.
         verbose: stream the sweep's output.
+        report_dir: the folder ``make_all`` reads stores from and writes REPORT.md into
+            (default: ``out`` itself).
 
     Returns:
         A :class:`SmokeReport`.
+
+    Raises:
+        SmokeRefused: ``out`` holds files the smoke did not create.
 
     """
     from bench.gridsearch.figures import make_all
 
     start = time.perf_counter()
     report = SmokeReport()
-    if out.exists() and not keep:
-        shutil.rmtree(out)
+    prepare_out(out, keep)
     store = RunStore(out)
     grid, _ = expected_jobs(out, quick, plan)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -208,11 +242,11 @@ def run_smoke(
             report.problems.append(f"{run_id} finished before the kill but was redone")
     for run_id in report.interrupted:
         sidecar = store.read_sidecar(run_id)
-        if not sidecar.get("resumed") or sidecar.get("attempts") != 2:
+        if not sidecar.get("resumed") or len(sidecar.get("attempts") or []) != 2:
             report.problems.append(f"{run_id} did not resume from its checkpoint")
     leftovers = [p.name for p in out.rglob("*") if p.suffix in (".pt", ".tmp")]
     if leftovers:
         report.problems.append(f"left-over files: {leftovers}")
-    report.figures = list(make_all(out.parent, plots))
+    report.figures = list(make_all(report_dir if report_dir is not None else out, plots))
     report.seconds = time.perf_counter() - start
     return report

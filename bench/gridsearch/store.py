@@ -5,26 +5,53 @@ The store (:class:`RunStore`) is one folder::
     <root>/<run_id>.csv          one row per evaluation (bench.spec.GRIDSEARCH_COLUMNS)
     <root>/<run_id>.json         sidecar: config, environment, status, minibatch losses
     <root>/checkpoints/<run_id>.pt   the last epoch's checkpoint (removed once the run ends)
-    <root>/locks/<run_id>.lock       held while a process trains the run
+    <root>/locks/<run_id>.lock       a lease held while a process trains the run
 
-Every file is written atomically (temp file + ``os.replace``). A run is *done* when its sidecar
-says ``finished`` or ``diverged``; ``running`` sidecars whose lock is stale are *interrupted*
-and resume from their checkpoint.
+Every file is written atomically (temp file + ``os.replace``; a lock by a hard link of a written
+file). A run is *done* when its sidecar says ``finished`` or ``diverged``; ``running`` sidecars
+whose lock is stale are *interrupted* and resume from their checkpoint.
+
+A lock is a lease: one JSON line ``{"host", "pid", "token", "at"}`` whose mtime is the holder's
+heartbeat, refreshed every ``heartbeat_s`` (default :data:`HEARTBEAT_S`). It is stale when its
+holder is dead on this host, or on any host when the heartbeat is older than ``lock_ttl_s``
+(default :data:`LOCK_TTL_S`, or ``$CURVBENCH_LOCK_TTL_S``): after ``scancel``, an OOM kill or a
+node failure the run becomes *interrupted* within the TTL. ``$CURVBENCH_HOSTNAME`` overrides the
+host name a lock records (tests; clusters whose nodes share a name).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
+import threading
+import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.gridsearch.grid import BEST_SEEDS, DONE, STATUSES, RunConfig
 from bench.results_io import atomic_write_csv, atomic_write_json, read_csv_rows, read_json
 from bench.spec import GRIDSEARCH_COLUMNS
+
+log = logging.getLogger(__name__)
+
+#: Seconds without a heartbeat after which a lock is stale on any host.
+LOCK_TTL_S = 600.0
+#: Seconds between two heartbeats of a held lock.
+HEARTBEAT_S = 30.0
+#: Environment overrides of :data:`LOCK_TTL_S` and of the host name a lock records.
+LOCK_TTL_ENV = "CURVBENCH_LOCK_TTL_S"
+HOSTNAME_ENV = "CURVBENCH_HOSTNAME"
+
+
+def hostname() -> str:
+    """Return this machine's name as locks and sidecars record it (``$CURVBENCH_HOSTNAME`` wins)."""
+    return os.environ.get(HOSTNAME_ENV) or socket.gethostname()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -37,11 +64,70 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class RunStore:
-    """The folder of run CSVs, sidecars, checkpoints and locks (see the module docstring)."""
+@dataclass(frozen=True)
+class LockHolder:
+    """The content of a lock file and its heartbeat (the file's mtime)."""
 
-    def __init__(self, root: str | os.PathLike):
+    host: str
+    pid: int
+    token: str
+    beat: float
+
+    def dump(self) -> str:
+        """Return the lock file's content (the heartbeat is the mtime, not stored)."""
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "beat"}) + "\n"
+
+    @classmethod
+    def parse(cls, text: str, beat: float) -> LockHolder:
+        """Parse a lock's content (JSON, or the older ``host pid``).
+
+        Anything else (e.g. a lock an older version left empty) is held by an unknown host: live
+        until its TTL runs out.
+        """
+        try:
+            data = json.loads(text)
+            return cls(str(data["host"]), int(data["pid"]), str(data["token"]), beat)
+        except (ValueError, KeyError, TypeError):
+            parts = text.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                return cls(parts[0], int(parts[1]), text, beat)
+            return cls("?", -1, text, beat)
+
+    def age_s(self) -> float:
+        """Seconds since the last heartbeat."""
+        return time.time() - self.beat
+
+    def is_live(self, ttl_s: float) -> bool:
+        """Heartbeat within ``ttl_s``, and (on this host) the process exists."""
+        if self.age_s() > ttl_s:
+            return False
+        return self.host != hostname() or _pid_alive(self.pid)
+
+
+class RunStore:
+    """The folder of run CSVs, sidecars, checkpoints and locks (see the module docstring).
+
+    Args:
+        root: the store's folder.
+        lock_ttl_s: a lock without a heartbeat for this long is stale on any host.
+        heartbeat_s: seconds between two heartbeats of a held lock.
+
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        lock_ttl_s: float | None = None,
+        heartbeat_s: float | None = None,
+    ):
         self.root = Path(root)
+        if lock_ttl_s is None:
+            lock_ttl_s = float(os.environ.get(LOCK_TTL_ENV, LOCK_TTL_S))
+        self.lock_ttl_s = lock_ttl_s
+        self.heartbeat_s = (
+            heartbeat_s if heartbeat_s is not None else min(HEARTBEAT_S, lock_ttl_s / 4)
+        )
 
     def csv_path(self, run_id: str) -> Path:
         """Path of the run's evaluation rows."""
@@ -56,7 +142,7 @@ class RunStore:
         return self.root / "checkpoints" / f"{run_id}.pt"
 
     def lock_path(self, run_id: str) -> Path:
-        """Path of the run's lock file (``host pid``)."""
+        """Path of the run's lock file (see the module docstring)."""
         return self.root / "locks" / f"{run_id}.lock"
 
     # ---------------------------------------------------------------- writing
@@ -102,44 +188,127 @@ class RunStore:
 
     # ---------------------------------------------------------------- locking
 
-    def _lock_is_live(self, run_id: str) -> bool:
+    def lock_holder(self, run_id: str) -> LockHolder | None:
+        """Return who holds the run's lock (``None``: no lock file, or one being replaced)."""
+        path = self.lock_path(run_id)
         try:
-            host, pid = self.lock_path(run_id).read_text().split()
-        except (FileNotFoundError, ValueError):
+            text = path.read_text()
+            beat = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return LockHolder.parse(text, beat)
+
+    def _lock_is_live(self, run_id: str) -> bool:
+        holder = self.lock_holder(run_id)
+        return holder is not None and holder.is_live(self.lock_ttl_s)
+
+    def stale_locks(self) -> list[str]:
+        """Run ids whose lock file is stale (dead holder on this host, or no heartbeat in TTL)."""
+        folder = self.root / "locks"
+        if not folder.is_dir():
+            return []
+        runs = sorted(p.stem for p in folder.glob("*.lock"))
+        return [rid for rid in runs if self.lock_path(rid).exists() and not self._lock_is_live(rid)]
+
+    def unlock(self, run_id: str, *, force: bool = False) -> bool:
+        """Remove the run's lock if it is stale (or, with ``force``, whatever holds it).
+
+        Returns:
+            Whether a lock was removed.
+
+        """
+        path = self.lock_path(run_id)
+        if not path.exists() or (not force and self._lock_is_live(run_id)):
             return False
-        if host != socket.gethostname():
-            return True  # another machine's process: trust the lock
-        return _pid_alive(int(pid))
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            return True
+        return False
+
+    def _take_over(self, run_id: str, judged: LockHolder) -> bool:
+        """Remove a lock judged stale, unless it changed meanwhile; returns whether it did.
+
+        The lock is first renamed aside (atomic: of two sweeps taking over, one gets it), then
+        compared with what was judged stale; a lock that a third process created in between is
+        put back, so no fresh lock is ever deleted.
+        """
+        path = self.lock_path(run_id)
+        aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.stale")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return True  # someone else removed it: try to create ours
+        moved = LockHolder.parse(aside.read_text(), aside.stat().st_mtime)
+        if moved.token == judged.token and not moved.is_live(self.lock_ttl_s):
+            aside.unlink()
+            return True
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)  # not the lock we judged: put it back
+        aside.unlink()
+        return False
+
+    def _create_lock(self, run_id: str, content: str) -> bool:
+        """Create the lock file with its full content at once (hard link of a written file)."""
+        path = self.lock_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(content)
+        try:
+            os.link(tmp, path)  # fails if the lock exists; never an empty lock file
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
 
     @contextlib.contextmanager
     def lock(self, run_id: str) -> Iterator[bool]:
-        """Hold the run's lock; yields ``False`` (and holds nothing) if a live process has it.
+        """Hold the run's lock (a lease); yields ``False`` (holding nothing) if another has it.
 
-        A stale lock (its process died, e.g. ``kill -9`` or preemption) is taken over.
+        While held, a background thread refreshes the lock's heartbeat (its mtime) every
+        ``heartbeat_s``. A lock is stale when its holder died on this host, or when its heartbeat
+        is older than ``lock_ttl_s`` on any host (``scancel``, OOM kill, node failure); a stale
+        lock is taken over.
         """
-        path = self.lock_path(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mine = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if self._lock_is_live(run_id):
-                    yield False
-                    return
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(mine)
-            try:
-                yield True
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    if path.read_text() == mine:
-                        path.unlink()
+        mine = LockHolder(hostname(), os.getpid(), uuid.uuid4().hex, time.time())
+        for _ in range(3):
+            if self._create_lock(run_id, mine.dump()):
+                break
+            holder = self.lock_holder(run_id)
+            if holder is not None and holder.is_live(self.lock_ttl_s):
+                yield False
+                return
+            if holder is not None and not self._take_over(run_id, holder):  # raced: live
+                yield False
+                return
+        else:
+            yield False
             return
-        yield False
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(run_id, mine.token, stop), daemon=True
+        )
+        beat.start()
+        try:
+            yield True
+        finally:
+            stop.set()
+            beat.join()
+            holder = self.lock_holder(run_id)
+            if holder is not None and holder.token == mine.token:
+                with contextlib.suppress(FileNotFoundError):
+                    self.lock_path(run_id).unlink()
+
+    def _heartbeat(self, run_id: str, token: str, stop: threading.Event) -> None:
+        """Touch the lock every ``heartbeat_s`` while it is still ours."""
+        path = self.lock_path(run_id)
+        while not stop.wait(self.heartbeat_s):
+            holder = self.lock_holder(run_id)
+            if holder is None or holder.token != token:
+                log.warning("the lock of run %s was taken from this process", run_id)
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +316,17 @@ class RunStore:
 # --------------------------------------------------------------------------------------------
 
 #: Columns of :func:`status_table`.
-STATUS_COLUMNS = ("problem", "method", "expected", *STATUSES)
+STATUS_COLUMNS = ("problem", "method", "expected", *STATUSES, "devices")
+
+
+def run_device(sidecar: dict[str, Any]) -> str | None:
+    """Return the device the run's last attempt used, e.g. ``cuda:0 (NVIDIA H100)``."""
+    attempts = sidecar.get("attempts")
+    if not isinstance(attempts, list) or not attempts:
+        return None
+    last = attempts[-1]
+    name = last.get("device_name")
+    return f"{last.get('device')} ({name})" if name else last.get("device")
 
 
 def status_table(jobs: Sequence[RunConfig], store: RunStore) -> list[dict[str, Any]]:
@@ -158,10 +337,12 @@ def status_table(jobs: Sequence[RunConfig], store: RunStore) -> list[dict[str, A
         store: the run store.
 
     Returns:
-        One dict per (problem, method), in first-seen order, with :data:`STATUS_COLUMNS`.
+        One dict per (problem, method), in first-seen order, with :data:`STATUS_COLUMNS`;
+        ``devices`` counts the devices the finished and diverged runs used (``cpu (...) x3``).
 
     """
     table: dict[tuple[str, str], dict[str, Any]] = {}
+    devices: dict[tuple[str, str], dict[str, int]] = {}
     seen: set[str] = set()
     for job in jobs:
         if job.run_id in seen:
@@ -174,7 +355,14 @@ def status_table(jobs: Sequence[RunConfig], store: RunStore) -> list[dict[str, A
             | dict.fromkeys(STATUSES, 0),
         )
         row["expected"] += 1
-        row[store.status(job.run_id)] += 1
+        status = store.status(job.run_id)
+        row[status] += 1
+        used = run_device(store.read_sidecar(job.run_id) or {}) if status in DONE else None
+        if used:
+            counts = devices.setdefault(key, {})
+            counts[used] = counts.get(used, 0) + 1
+    for key, row in table.items():
+        row["devices"] = ", ".join(f"{d} x{n}" for d, n in devices.get(key, {}).items()) or "-"
     return list(table.values())
 
 

@@ -13,6 +13,14 @@ Protocol (``problems.md`` §4, ``gridsearch.md`` §5.1/5.3):
 * After every epoch: checkpoint (model, optimizer, data generator, torch RNG, rows) written
   atomically, then the CSV, then the sidecar. A killed run resumes from the last checkpoint and
   reproduces what an uninterrupted run would have computed (on the same device).
+* Checkpoints are portable: loaded on the CPU, then the model and optimizer state move to the
+  run's device; the RNG streams that exist on this device are restored, and one that does not
+  (a CUDA stream resumed on a CPU) is reported in the attempt's sidecar entry. The last two
+  checkpoints are kept: a corrupt or truncated one falls back to the previous one, and with
+  neither readable the run restarts cleanly from epoch 0 (reported, never a crash loop).
+* The device ``"auto"`` is resolved here, where the run executes (CUDA if this process sees a
+  GPU). Every attempt appends ``{at, host, pid, device, device_name, cuda_visible_devices,
+  wall_s, ...}`` to the sidecar's ``attempts`` list.
 
 ``train_time_s`` is the cumulative wall time of the training steps (evaluation excluded), read
 after a device synchronisation at the end of each epoch. ``max_steps_per_epoch`` (an option) is a
@@ -25,13 +33,14 @@ import datetime as dt
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bench.gridsearch.grid import RunConfig
-from bench.gridsearch.store import RunStore
+from bench.gridsearch.store import RunStore, hostname
 
 #: Steps between logged minibatch losses (DeepOBS ``train_log_interval``).
 LOG_INTERVAL = 10
@@ -39,6 +48,13 @@ LOG_INTERVAL = 10
 DIVERGENCE_LOSS = 1e10
 #: Options a run understands (``RunConfig.options``); anything else is an error.
 KNOWN_OPTIONS = ("average", "inverse_every", "max_steps_per_epoch", "data", "backend")
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the device ``name`` names here; ``"auto"``: CUDA if this process sees a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _now() -> str:
@@ -128,19 +144,62 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> list[str]:
+    """Restore the RNG streams that exist on ``device``; returns the names of those that do not.
+
+    A ``cuda`` stream resumed on a CPU, or a CUDA run resumed from a CPU checkpoint (its CUDA
+    stream keeps this process's seed), cannot continue the original sequence: reported, not fatal.
+    """
+    torch.set_rng_state(state["cpu"].cpu())
+    missing = []
+    if "cuda" in state:
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+        else:
+            missing.append("cuda (checkpoint from a CUDA device, resumed on " + device.type + ")")
+    elif device.type == "cuda":
+        missing.append("cuda (checkpoint from a CPU run: the CUDA stream starts fresh)")
+    return missing
+
+
+def _previous(path: os.PathLike) -> str:
+    """Return the path of the checkpoint before ``path`` (kept as a fallback)."""
+    return f"{os.fspath(path)}.prev"
 
 
 def _save_checkpoint(path: os.PathLike, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file beside ``path``, then ``os.replace`` (atomic)."""
+    """``torch.save`` to a temp file beside ``path``, keep the last one as ``.prev``, replace.
+
+    Every step is an ``os.replace`` (atomic): a kill leaves the new or the previous checkpoint.
+    """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     torch.save(payload, tmp)
+    if os.path.exists(path):
+        os.replace(path, _previous(path))
     os.replace(tmp, path)
+
+
+#: What a checkpoint must hold to be resumed from.
+CHECKPOINT_KEYS = (
+    "epoch", "step", "train_time", "rows", "minibatch_losses", "model", "optimizer", "data", "rng",
+)  # fmt: skip
+
+
+def load_checkpoint(path: os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint on the CPU (portable across devices) and check it is whole.
+
+    Raises:
+        Exception: whatever ``torch.load`` raises for a corrupt or truncated file, or a
+            ``KeyError`` naming what is missing.
+
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise KeyError(f"checkpoint {os.fspath(path)} lacks {missing}")
+    return ckpt
 
 
 class _Run:
@@ -152,7 +211,7 @@ class _Run:
 
         _check_options(config.options)
         self.config, self.store = config, store
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device)
         if self.device.type == "cuda":  # DeepOBS: config.IS_DETERMINISTIC
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
@@ -195,21 +254,29 @@ class _Run:
         )
         self.store.write_rows(self.config.run_id, self.rows)
 
-    def restore(self) -> bool:
-        """Load the last checkpoint if there is one; returns whether it did."""
+    def checkpoints(self) -> list[str]:
+        """Return the checkpoints to resume from, newest first (those that exist)."""
         path = self.store.checkpoint_path(self.config.run_id)
-        if not path.exists():
-            return False
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        return [p for p in (os.fspath(path), _previous(path)) if os.path.exists(p)]
+
+    def restore(self, path: str) -> list[str]:
+        """Resume from the checkpoint at ``path``; returns the RNG streams not restored.
+
+        Raises:
+            Exception: the checkpoint is unreadable or does not fit this run (the caller falls
+                back to an older one or a clean restart, with a fresh :class:`_Run`).
+
+        """
+        ckpt = load_checkpoint(path)
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])  # torch casts state to the params'
         self.data.load_state_dict(ckpt["data"])
-        _set_rng_state(ckpt["rng"], self.device)
+        missing = _set_rng_state(ckpt["rng"], self.device)
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.train_time = float(ckpt["train_time"])
         self.rows, self.minibatch_losses = list(ckpt["rows"]), list(ckpt["minibatch_losses"])
         self.store.write_rows(self.config.run_id, self.rows)  # repair a CSV behind the ckpt
-        return True
+        return missing
 
     # ------------------------------------------------------------------ training
 
@@ -315,48 +382,88 @@ def train_run(config: RunConfig, store: RunStore, *, problem: Any | None = None)
         :func:`bench.gridsearch.jobs.run_job` records them as ``failed``).
 
     """
-    from bench.environment import collect_environment
+    from bench.environment import collect_environment, device_info
 
     run_id = config.run_id
     previous = store.read_sidecar(run_id)
     if previous is not None and previous.get("status") in ("finished", "diverged"):
         return previous["status"]
+    started = time.perf_counter()
     run = _Run(config, store, problem)
-    resumed = run.restore()
+    attempt: dict[str, Any] = {
+        "at": _now(),
+        "host": hostname(),
+        "pid": os.getpid(),
+        "device": str(run.device),
+        "device_name": device_info(run.device).get("device_name"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+    run = _resume(run, config, store, problem, attempt)
+    resumed = "resumed_from_epoch" in attempt
     base = dict(previous or {})
     base.setdefault("started_at", _now())
-    base["attempts"] = int(base.get("attempts", 0)) + 1
+    attempts = base.get("attempts")
+    base["attempts"] = [*(attempts if isinstance(attempts, list) else []), attempt]
     base.setdefault("environment", collect_environment(run.device))
-    base.setdefault("hosts", []).append(
-        {
-            "at": _now(),
-            "pid": os.getpid(),
-            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        }
-    )
+
+    def sidecar(status: str) -> dict[str, Any]:
+        _sync(run.device)
+        attempt["wall_s"] = round(time.perf_counter() - started, 3)
+        return run.sidecar(status, base)
+
     if resumed:
         base.setdefault("resumed", []).append({"at": _now(), "from_epoch": run.epoch})
     if not resumed:
         ok = run.evaluate()  # epoch 0: before any training
         run.save()
         if not ok:
-            return _finish(run, "diverged", base)
-    store.write_sidecar(run_id, run.sidecar("running", base))
+            return _finish(run, "diverged", sidecar)
+    store.write_sidecar(run_id, sidecar("running"))
     while run.epoch < config.epochs:
         ok = run.train_epoch()
         ok = run.evaluate() and ok
         if not ok:
             store.write_rows(run_id, run.rows)
-            return _finish(run, "diverged", base)
+            return _finish(run, "diverged", sidecar)
         run.save()
-        store.write_sidecar(run_id, run.sidecar("running", base))
-    return _finish(run, "finished", base)
+        store.write_sidecar(run_id, sidecar("running"))
+    return _finish(run, "finished", sidecar)
 
 
-def _finish(run: _Run, status: str, base: dict[str, Any]) -> str:
-    """Write the final sidecar and drop the checkpoint."""
-    base["finished_at"] = _now()
+def _resume(
+    run: _Run, config: RunConfig, store: RunStore, problem: Any | None, attempt: dict[str, Any]
+) -> _Run:
+    """Resume ``run`` from its newest readable checkpoint; record what happened in ``attempt``.
+
+    A checkpoint that fails to load or apply is skipped (``attempt["bad_checkpoints"]``), with a
+    fresh run for the next try; with none left the run restarts from epoch 0.
+    """
+    for path in run.checkpoints():
+        try:
+            missing = run.restore(path)
+        except Exception as err:  # noqa: BLE001 - corrupt, truncated, or from another run
+            attempt.setdefault("bad_checkpoints", []).append(
+                {"path": os.path.basename(path), "error": f"{type(err).__name__}: {err}"[:500]}
+            )
+            print(f"curvbench: run {config.run_id}: unusable checkpoint {path} ({err})")
+            run = _Run(config, store, problem)
+            continue
+        attempt["resumed_from_epoch"] = run.epoch
+        if missing:
+            attempt["rng_not_restored"] = missing
+        return run
+    if "bad_checkpoints" in attempt:
+        attempt["restarted"] = "no usable checkpoint: training from epoch 0"
+    return run
+
+
+def _finish(run: _Run, status: str, sidecar) -> str:
+    """Write the final sidecar (``sidecar(status)`` builds it) and drop the checkpoints."""
     run.store.write_rows(run.config.run_id, run.rows)
-    run.store.write_sidecar(run.config.run_id, run.sidecar(status, base))
-    run.store.checkpoint_path(run.config.run_id).unlink(missing_ok=True)
+    final = sidecar(status)
+    final["finished_at"] = _now()
+    run.store.write_sidecar(run.config.run_id, final)
+    path = run.store.checkpoint_path(run.config.run_id)
+    for leftover in (path, _previous(path)):
+        Path(leftover).unlink(missing_ok=True)
     return status

@@ -191,9 +191,9 @@ def test_process_pool_sets_one_gpu_slot_per_worker(tmp_path):
     for job in jobs:
         sidecar = store.read_sidecar(job.run_id)
         assert sidecar["status"] == "finished"
-        seen.append(sidecar["hosts"][0]["visible_devices"])
+        seen.append(sidecar["attempts"][0]["cuda_visible_devices"])
     assert sorted(seen) == ["5", "7"]
-    assert len({store.read_sidecar(j.run_id)["hosts"][0]["pid"] for j in jobs}) == 2
+    assert len({store.read_sidecar(j.run_id)["attempts"][0]["pid"] for j in jobs}) == 2
     before = [store.read_sidecar(j.run_id) for j in jobs]
     InProcessExecutor().run(jobs, store)  # nothing left to do
     assert [store.read_sidecar(j.run_id) for j in jobs] == before

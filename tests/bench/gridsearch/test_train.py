@@ -85,7 +85,7 @@ def test_rows_follow_deepobs_protocol(tmp_path):
     assert float(rows[0]["test_acc"]) == pytest.approx(float(acc))
 
     sidecar = store.read_sidecar(cfg.run_id)
-    assert sidecar["status"] == "finished" and sidecar["attempts"] == 1
+    assert sidecar["status"] == "finished" and len(sidecar["attempts"]) == 1
     assert [s for s, _ in sidecar["minibatch_losses"]] == [0, 10]
     assert sidecar["environment"]["torch"] == torch.__version__
     assert not store.checkpoint_path(cfg.run_id).exists()
@@ -129,7 +129,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method, opt
 
     assert metrics(broken) == metrics(whole)
     sidecar = broken.read_sidecar(cfg.run_id)
-    assert sidecar["attempts"] == 2 and sidecar["resumed"][0]["from_epoch"] == 1
+    assert len(sidecar["attempts"]) == 2 and sidecar["resumed"][0]["from_epoch"] == 1
+    assert sidecar["attempts"][1]["resumed_from_epoch"] == 1
     assert sidecar["minibatch_losses"] == whole.read_sidecar(cfg.run_id)["minibatch_losses"]
 
 
@@ -143,7 +144,7 @@ def test_divergence_ends_run_and_keeps_rows(tmp_path, method):
     assert len(store.read_rows(cfg.run_id)) >= 1
     assert not store.checkpoint_path(cfg.run_id).exists()
     assert train_run(cfg, store, problem=TinyProblem()) == "diverged"  # not retried
-    assert store.read_sidecar(cfg.run_id)["attempts"] == 1
+    assert len(store.read_sidecar(cfg.run_id)["attempts"]) == 1
 
 
 def test_finished_run_is_not_redone(tmp_path):
