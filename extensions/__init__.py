@@ -15,6 +15,7 @@ See :mod:`extensions.api` for :func:`compute` and :func:`collect`.
 """
 
 from extensions.api import Results, collect, compute
+from extensions.buffers import release
 from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import (
     DEFAULT_MEMORY_BUDGET,
@@ -57,5 +58,6 @@ __all__ = [
     "Variance",
     "collect",
     "compute",
+    "release",
     "resolve",
 ]
