@@ -1,4 +1,4 @@
-"""curvbench's reimplementation of BackPACK's ten quantities.
+"""curvbench's reimplementation of BackPACK's ten quantities (plus EKFAC).
 
 Example::
 
@@ -19,6 +19,8 @@ from extensions.buffers import release
 from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import (
     DEFAULT_MEMORY_BUDGET,
+    EKFAC,
+    EXTRA,
     FIRST_ORDER,
     KFAC,
     KFLR,
@@ -30,6 +32,7 @@ from extensions.quantities import (
     DiagGGNExact,
     DiagGGNMC,
     DiagHessian,
+    EKFACExact,
     Quantity,
     SumGradSquared,
     Variance,
@@ -38,6 +41,8 @@ from extensions.quantities import (
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "EKFAC",
+    "EXTRA",
     "FIRST_ORDER",
     "KFAC",
     "KFLR",
@@ -47,6 +52,7 @@ __all__ = [
     "BatchGrad",
     "BatchL2Grad",
     "DiagGGNExact",
+    "EKFACExact",
     "DiagGGNMC",
     "DiagHessian",
     "ExtensionError",
