@@ -5,12 +5,15 @@ Run: ``PYTHONPATH=. python tests/extensions/time_per_step.py [--rounds 7] [--qua
 3C3D (``problems.get("cifar10_3c3d")``), N=128, synthetic tensors. Per round, interleaved: a plain
 gradient step, ``res = extensions.compute(...)`` per step, ``with collect(...)`` per step, and a
 step inside one long-lived context. Prints the median step time of each and its ratio to the
-plain gradient.
+plain gradient, as wall-clock and as this process's CPU time (``time.process_time``: robust to
+other processes on a shared machine; page faults of fresh buffers count as system CPU time),
+plus the minor page faults per step (``getrusage``; load-independent: what buffer reuse saves).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -56,14 +59,20 @@ def main() -> None:
         loss_fn(model(x), y).backward()
 
     patterns = {"grad": grad_step, "compute/step": compute_step, "collect/step": context_step}
-    times: dict[str, list[float]] = {name: [] for name in [*patterns, "long context"]}
+    names = [*patterns, "long context"]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, list[float]] = {name: [] for name in names}
 
     def timed(name: str, fn) -> None:
         fn()  # warm-up of this pattern in this round
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(args.steps):
             fn()
+        faults[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / args.steps)
         times[name].append((time.perf_counter() - t0) / args.steps)
+        cpu[name].append((time.process_time() - c0) / args.steps)
 
     for _ in range(args.rounds):
         for name, fn in patterns.items():
@@ -72,10 +81,14 @@ def main() -> None:
         with long_ctx as _:
             timed("long context", long_step)
         long_ctx = extensions.collect(model, loss_fn, q)
-    base = statistics.median(times["grad"])
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{q:10s} {name:14s} {med * 1e3:8.1f} ms  {med / base:5.2f}x")
+    base, cpu_base = statistics.median(times["grad"]), statistics.median(cpu["grad"])
+    for name in names:
+        wall, proc = statistics.median(times[name]), statistics.median(cpu[name])
+        print(
+            f"{q:10s} {name:14s} wall {wall * 1e3:8.1f} ms {wall / base:5.2f}x   "
+            f"cpu {proc * 1e3:8.1f} ms {proc / cpu_base:5.2f}x   "
+            f"page faults {statistics.median(faults[name]):9.0f}"
+        )
 
 
 if __name__ == "__main__":
