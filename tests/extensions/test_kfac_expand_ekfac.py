@@ -268,11 +268,12 @@ def test_ekfac_exact_is_the_ggn_diagonal_in_the_kflr_eigenbasis(net):
             _close(rotated, torch.diag(torch.diagonal(rotated)), f"Q^T F Q {name}")
 
 
-def test_ekfac_with_a_chunked_propagation_takes_a_second_pass_and_agrees(monkeypatch):
-    """A budget too small for one chunk: ``B`` first, the correction in a second propagation."""
+def test_ekfac_propagates_once_within_budget_and_twice_when_chunked(monkeypatch):
+    """Default budget: basis and correction in the one propagation of the columns. A budget
+    too small for one chunk: ``B`` first, the correction in a second propagation; same result.
+    (Either way inside the one autograd backward of ``compute``.)
+    """
     model, loss_fn, x, y = _problem("mini-3c3d", "ce-mean", batch_size=6)
-    torch.manual_seed(1)  # the same MC draw both times
-    full = extensions.compute(model, loss_fn, x, y, ["EKFACExact", "EKFAC"])
     passes = []
     needs = ekfac.EkfacTarget.needs_second_pass
 
@@ -281,12 +282,14 @@ def test_ekfac_with_a_chunked_propagation_takes_a_second_pass_and_agrees(monkeyp
         return passes[-1]
 
     monkeypatch.setattr(ekfac.EkfacTarget, "needs_second_pass", counting)
+    quantities = ["EKFACExact", "EKFAC"]
+    torch.manual_seed(1)  # the same MC draw both times
+    full = extensions.compute(model, loss_fn, x, y, quantities)
+    assert passes == [False, False]
     torch.manual_seed(1)
-    chunked = extensions.compute(
-        model, loss_fn, x, y, ["EKFACExact", "EKFAC"], memory_budget=20_000
-    )
-    assert passes == [True, True]
-    for quantity in ("EKFACExact", "EKFAC"):
+    chunked = extensions.compute(model, loss_fn, x, y, quantities, memory_budget=20_000)
+    assert passes == [False, False, True, True]
+    for quantity in quantities:
         _close(
             ekfac_matrix(chunked[quantity], model), ekfac_matrix(full[quantity], model), quantity
         )
