@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test,figures,cluster]"
 	@# Reference peers without their torchvision pin (they import without it), plus what they need.
-	$(PY) -m pip install --quiet --no-deps backpack-for-pytorch==1.7.1 opacus==1.6.0 deepobs==1.1.2
+	$(PY) -m pip install --quiet --no-deps backpack-for-pytorch==1.7.1 opacus==1.6.0 deepobs==1.1.2 \
+		curvlinops-for-pytorch==3.0.1 asdfghjkl==0.1a5 nngeometry==0.4 einconv==0.1.0 linear_operator==0.6.1
 	$(PY) -m pip install --quiet einops unfoldNd opt_einsum scipy
 	touch $(STAMP)
 

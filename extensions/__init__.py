@@ -1,4 +1,4 @@
-"""curvbench's reimplementation of BackPACK's ten quantities.
+"""curvbench's reimplementation of BackPACK's ten quantities (plus EKFAC).
 
 Example::
 
@@ -15,9 +15,12 @@ See :mod:`extensions.api` for :func:`compute` and :func:`collect`.
 """
 
 from extensions.api import Results, collect, compute
+from extensions.buffers import release
 from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import (
     DEFAULT_MEMORY_BUDGET,
+    EKFAC,
+    EXTRA,
     FIRST_ORDER,
     KFAC,
     KFLR,
@@ -29,6 +32,7 @@ from extensions.quantities import (
     DiagGGNExact,
     DiagGGNMC,
     DiagHessian,
+    EKFACExact,
     Quantity,
     SumGradSquared,
     Variance,
@@ -37,6 +41,8 @@ from extensions.quantities import (
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "EKFAC",
+    "EXTRA",
     "FIRST_ORDER",
     "KFAC",
     "KFLR",
@@ -46,6 +52,7 @@ __all__ = [
     "BatchGrad",
     "BatchL2Grad",
     "DiagGGNExact",
+    "EKFACExact",
     "DiagGGNMC",
     "DiagHessian",
     "ExtensionError",
@@ -57,5 +64,6 @@ __all__ = [
     "Variance",
     "collect",
     "compute",
+    "release",
     "resolve",
 ]

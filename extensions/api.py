@@ -21,8 +21,9 @@ Conventions (BackPACK 1.7.1, ``shared/spec/extensions.md``): the loss's 1/N is i
 per-sample terms (``BatchGrad = g_n / N`` for a mean loss); results are overwritten by every
 backward pass, ``.grad`` accumulates exactly as plain autograd. Second-order quantities are
 computed at the end of the same ``loss.backward()`` (an autograd ``queue_callback``), so results
-are complete as soon as ``backward()`` returns. Large buffers are reused by the next backward pass
-of the same context unless something outside it still refers to them
+are complete as soon as ``backward()`` returns. Large buffers are reused by later backward passes
+of the same model, in this context or a later one (a per-model pool, freed with the model or by
+:func:`extensions.release`), unless something outside still refers to them
 (:class:`~extensions.buffers.BufferPool`): a result you keep is never overwritten.
 """
 

@@ -7,6 +7,12 @@ memory is). A :class:`BufferPool` hands the previous step's buffer back instead,
 nobody outside the pool still refers to it, neither the tensor nor a view of its storage: a
 result you keep is never overwritten.
 
+Every ``collect`` context (and so every ``compute`` call) of one model shares that model's pool
+(:func:`pool_for`): calling ``compute`` each step, or opening ``collect`` around each step, reuses
+memory like one long context. The pool is held through a weak reference to the model, so its
+buffers go when the model is garbage-collected; :func:`release` drops them earlier. The price:
+up to :attr:`BufferPool.SLOTS` buffers per key stay allocated between steps.
+
 Example::
 
     >>> import torch
@@ -26,10 +32,11 @@ from __future__ import annotations
 
 import functools
 import sys
+import weakref
 from collections.abc import Hashable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from extensions.per_sample import empty_large
 
@@ -46,50 +53,64 @@ def _storage_use_count(t: Tensor) -> int | None:
 def _pool_only_refs() -> int:
     """``BufferPool._refs`` of a tensor only the pool holds (calibrated: interpreters differ)."""
     pool = BufferPool()
-    pool._buffers[None] = torch.empty(0)
-    return pool._refs(None)
+    pool._buffers[None] = [torch.empty(0)]
+    return pool._refs(None, 0)
 
 
 class BufferPool:
-    """Keyed, reusable output buffers (one per key; a new shape or dtype replaces it)."""
+    """Keyed, reusable output buffers: up to :attr:`SLOTS` per key, handed out only when free.
+
+    Two slots make the "new results every step" pattern reuse memory too: while step ``k``
+    runs, the caller typically still holds step ``k - 1``'s results (``res = compute(...)``
+    rebinds ``res`` only after the call returns), so step ``k`` takes the other slot, and step
+    ``k + 1`` finds step ``k - 1``'s buffer free again. Inside one long ``collect`` context the
+    previous results are dropped before the backward pass, so one slot is used.
+    """
+
+    #: buffers kept per key (the oldest is forgotten, not freed, when a third is needed)
+    SLOTS = 2
 
     def __init__(self) -> None:
-        self._buffers: dict[Hashable, Tensor] = {}
+        self._buffers: dict[Hashable, list[Tensor]] = {}
 
-    def _refs(self, key: Hashable) -> int:
-        buf = self._buffers[key]
+    def _refs(self, key: Hashable, i: int) -> int:
+        buf = self._buffers[key][i]
         return sys.getrefcount(buf)
 
-    def _unshared(self, key: Hashable) -> bool:
-        if self._refs(key) > _pool_only_refs():
+    def _unshared(self, key: Hashable, i: int) -> bool:
+        if self._refs(key, i) > _pool_only_refs():
             return False
-        count = _storage_use_count(self._buffers[key])
+        count = _storage_use_count(self._buffers[key][i])
         return count is not None and count <= 2
 
     def empty(self, key: Hashable, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """Return an uninitialised ``shape`` tensor: last step's buffer if free, else a new one.
+        """Return an uninitialised ``shape`` tensor: a free pooled buffer if any, else a new one.
 
         Args:
-            key: what the buffer is for (e.g. ``(id(module), "weight")``).
+            key: what the buffer is for (e.g. ``(module name, "weight")``).
             shape: the wanted shape.
             like: gives dtype and device.
 
         """
         shape = tuple(shape)
-        buf = self._buffers.get(key)
-        if (
-            buf is not None
-            and tuple(buf.shape) == shape
-            and buf.dtype == like.dtype
-            and buf.device == like.device
-        ):
+        slots = self._buffers.setdefault(key, [])
+        for i in reversed(range(len(slots))):  # the most recently used first
+            buf = slots[i]
+            fits = (
+                tuple(buf.shape) == shape and buf.dtype == like.dtype and buf.device == like.device
+            )
             del buf
-            if self._unshared(key):
-                return self._buffers[key]
-        buf = None
-        self._buffers.pop(key, None)  # released (if unshared) before the new allocation
+            if fits and self._unshared(key, i):
+                slots.append(slots.pop(i))  # most recently used last
+                return slots[-1]
+        # forget what cannot serve this request (freed unless the caller holds it) first
+        slots[:] = [
+            b
+            for b in slots
+            if tuple(b.shape) == shape and b.dtype == like.dtype and b.device == like.device
+        ][-(self.SLOTS - 1) :]
         new = empty_large(shape, like)
-        self._buffers[key] = new
+        slots.append(new)
         return new
 
     def clear(self) -> None:
@@ -97,4 +118,27 @@ class BufferPool:
         self._buffers.clear()
 
     def __len__(self) -> int:
-        return len(self._buffers)
+        return sum(len(slots) for slots in self._buffers.values())
+
+
+#: one pool per model, alive as long as the model (``collect`` contexts come and go)
+_POOLS: weakref.WeakKeyDictionary[nn.Module, BufferPool] = weakref.WeakKeyDictionary()
+
+
+def pool_for(model: nn.Module) -> BufferPool:
+    """Return the buffer pool of ``model``, shared by all its ``collect`` / ``compute`` calls.
+
+    It lives as long as the model (a weak reference: a garbage-collected model takes its
+    buffers with it); :func:`release` frees it earlier.
+    """
+    pool = _POOLS.get(model)
+    if pool is None:
+        pool = _POOLS[model] = BufferPool()
+    return pool
+
+
+def release(model: nn.Module) -> None:
+    """Forget ``model``'s pooled buffers now (results handed out stay valid)."""
+    pool = _POOLS.pop(model, None)
+    if pool is not None:
+        pool.clear()

@@ -30,7 +30,7 @@ from torch.profiler import record_function
 
 from extensions import derivatives, first_order
 from extensions import second_order as _second_order
-from extensions.buffers import BufferPool
+from extensions.buffers import pool_for
 from extensions.errors import ExtensionError, MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import Quantity, resolve
 from extensions.trace import LossRecord, Record, Trace, shape_only
@@ -94,7 +94,7 @@ class Session:
         self._last_output: Tensor | None = None
         self._finish_queued = False
         self._batch_bytes = 0
-        self.buffers = BufferPool()
+        self.buffers = pool_for(model)  # outlives the context (weakly keyed by the model)
         self._validate()
 
     # -- validation ------------------------------------------------------------------------------
@@ -186,7 +186,6 @@ class Session:
         self.trace.loss = None
         self._pending_extra.clear()
         self._last_output = None
-        self.buffers.clear()
 
     # -- forward-time hooks ----------------------------------------------------------------------
 
@@ -275,8 +274,9 @@ class Session:
             torch.autograd.Variable._execution_engine.queue_callback(self.finish)
 
     def allocator(self, module: nn.Module) -> first_order.Allocator:
-        """BatchGrad buffers of ``module`` from :attr:`buffers` (reused across steps)."""
-        return lambda param, shape, like: self.buffers.empty((id(module), param), shape, like)
+        """BatchGrad buffers of ``module`` from :attr:`buffers` (reused across steps, contexts)."""
+        key = self.module_names.get(id(module), id(module))
+        return lambda param, shape, like: self.buffers.empty((key, param), shape, like)
 
     def store(self, module: nn.Module, res: first_order.LayerResult) -> None:
         """Put a layer's first-order values into the results under parameter names."""

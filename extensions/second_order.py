@@ -5,13 +5,17 @@ Entry points: :func:`compute_second_order` and :func:`check_supported`.
 The backward pass propagates *streams* of columns ``[V, N, *shape]`` from the loss down the
 recorded modules with the rules of :mod:`extensions.derivatives`:
 
-* the exact loss sqrt-Hessian (C columns), shared by DiagGGNExact, KFLR and DiagHessian;
-* Monte-Carlo columns (M per distinct ``mc_samples``), shared by DiagGGNMC and KFAC;
+* the exact loss sqrt-Hessian (C columns), shared by DiagGGNExact, KFLR, EKFACExact and
+  DiagHessian;
+* Monte-Carlo columns (M per distinct ``mc_samples``), shared by DiagGGNMC, KFAC and EKFAC;
 * for DiagHessian, the positive and negative residual factors of every activation with a nonzero
   second derivative (width = the activation's size), started where the residual arises.
 
 At Linear / Conv2d layers each stream contributes to the weight/bias diagonal (``sum`` of squared
-per-(column, sample) gradients) and to the Kronecker output factor ``B``. Columns (and, if one
+per-(column, sample) gradients), to the Kronecker output factor ``B`` (BackPACK's or the KFC
+"expand" factorisation) and to EKFAC's eigenvalue correction (:mod:`extensions.ekfac`: the basis
+is formed when the columns reach the layer, so one propagation suffices unless the columns are
+chunked, then a second propagation of the same columns follows). Columns (and, if one
 column of the whole batch does not fit, samples) are processed in chunks sized from
 ``memory_budget``, so the C-column quantities run where BackPACK's single allocation fails.
 KFRA propagates one dense ``h x h`` matrix; it is refused with :class:`MemoryBudgetError`
@@ -31,12 +35,15 @@ from torch.profiler import record_function
 
 from extensions import derivatives, kronecker, losses, per_sample
 from extensions.buffers import BufferPool
+from extensions.ekfac import EkfacTarget
 from extensions.errors import MemoryBudgetError, UnsupportedModuleError
 from extensions.quantities import DEFAULT_MEMORY_BUDGET, Quantity, resolve
 from extensions.trace import Record, Trace
 
 PARAM_MODULES = (nn.Linear, nn.Conv2d)
-KRON_QUANTITIES = ("KFAC", "KFLR", "KFRA")
+#: the quantities fed by Monte-Carlo columns (one draw per distinct ``mc_samples``)
+MC_QUANTITIES = ("DiagGGNMC", "KFAC", "EKFAC")
+KRON_QUANTITIES = ("KFAC", "KFLR", "KFRA", "EKFAC", "EKFACExact")
 #: Share of the budget for the propagated columns; the rest is for extraction temporaries.
 _STREAM_SHARE = 0.5
 
@@ -161,7 +168,8 @@ class _Stream:
     make: Callable[[int, int, int, int], Tensor]  # (v0, v1, n0, n1) -> [v, n, *shape]
     start: int
     diag_targets: list[tuple[dict[str, Tensor], float]] = field(default_factory=list)
-    kron_targets: list[dict[str, Tensor]] = field(default_factory=list)
+    kron_targets: list[tuple[dict[str, Tensor], str]] = field(default_factory=list)  # (B, conv)
+    ekfac_targets: list[EkfacTarget] = field(default_factory=list)
 
 
 class _Engine:
@@ -178,6 +186,23 @@ class _Engine:
         self.n = trace.loss.input.shape[0]
         params = [i for i, r in enumerate(self.views) if isinstance(r.module, PARAM_MODULES)]
         self.lowest_param = min(params) if params else None
+        self._input_factors: dict[int, Tensor] = {}
+
+    def input_factor(self, position: int) -> Tensor:
+        """BackPACK's ``A`` of the layer at ``position`` (whole batch; computed once)."""
+        if position not in self._input_factors:
+            rec = self.views[position]
+            with _label("input_factor", rec):
+                self._input_factors[position] = _input_factor(rec)
+        return self._input_factors[position]
+
+    def extraction_elements(self, like: Tensor) -> int:
+        """Elements an extraction temporary may have (the budget's non-stream share)."""
+        return max(1, int(self.budget * (1 - _STREAM_SHARE)) // _elem_bytes(like))
+
+    def output_factor(self, rec: Record, mat: Tensor, conv: str) -> Tensor:
+        """``B`` of one chunk of columns, factorisation ``conv`` (see :func:`_output_factor`)."""
+        return _output_factor(rec, mat, conv)
 
     def prepare(self, widths: Sequence[int], residuals: bool) -> None:
         """Precompute per-record state; activation derivatives only if columns pass twice.
@@ -221,10 +246,20 @@ class _Engine:
     # -- propagation -------------------------------------------------------------------------
 
     def run(self, stream: _Stream) -> None:
+        """Propagate ``stream`` (twice if EKFAC targets need a second, chunked pass)."""
+        self._run(stream)
+        second = [t for t in stream.ekfac_targets if t.needs_second_pass(self)]
+        if second:
+            self._run(_Stream(stream.n_columns, stream.make, stream.start, ekfac_targets=second))
+        for target in stream.ekfac_targets:
+            target.write(self)
+
+    def _run(self, stream: _Stream) -> None:
         """Propagate ``stream`` in chunks, feeding its targets at every parameter layer."""
         if self.lowest_param is None or stream.start < self.lowest_param:
             return
         v_step, n_step = self.chunking(stream)
+        single_pass = v_step >= stream.n_columns and n_step >= self.n
         stop = self.lowest_param
         for n0, n1 in _chunks(self.n, n_step):
             sl = None if (n0, n1) == (0, self.n) else slice(n0, n1)
@@ -235,12 +270,12 @@ class _Engine:
                     rec = views[idx]
                     if isinstance(rec.module, PARAM_MODULES):
                         with _label("extract", rec):
-                            self._extract(rec, mat, stream)
+                            self._extract(rec, mat, stream, single_pass)
                     if idx > stop:
                         mat = _jac_t(rec, mat)
                 del mat
 
-    def _extract(self, rec: Record, mat: Tensor, stream: _Stream) -> None:
+    def _extract(self, rec: Record, mat: Tensor, stream: _Stream, single_pass: bool) -> None:
         m = rec.module
         if stream.diag_targets:
             diags = _param_diagonals(rec, mat)
@@ -250,13 +285,17 @@ class _Engine:
                     continue
                 for target, sign in stream.diag_targets:
                     _accumulate(target, key, value if sign > 0 else -value)
-        if stream.kron_targets:
-            b = _output_factor(rec, mat)
-            for target in stream.kron_targets:
-                for p in (m.weight, m.bias):
-                    key = self.names.get(id(p)) if p is not None else None
-                    if key is not None:
-                        _accumulate(target, key, b)
+        b_of: dict[str, Tensor] = {}
+        for target, conv in stream.kron_targets:
+            if conv not in b_of:
+                b_of[conv] = _output_factor(rec, mat, conv)
+            for p in (m.weight, m.bias):
+                key = self.names.get(id(p)) if p is not None else None
+                if key is not None:
+                    _accumulate(target, key, b_of[conv])
+        for ekfac in stream.ekfac_targets:
+            with _label("ekfac", rec):
+                ekfac.extract(self, rec, mat, single_pass)
 
 
 def _label(phase: str, rec: Record) -> record_function:
@@ -308,14 +347,23 @@ def _conv2d_weight_diagonal(rec: Record, mat: Tensor) -> Tensor:
     return per_sample.conv2d_weight_sum_sq(rec.input, mat, rec.module)  # no copy of ``mat``
 
 
-def _output_factor(rec: Record, mat: Tensor) -> Tensor:
-    """``B += sum_{v,n} s s^T`` with ``s`` the columns (conv: summed over spatial positions)."""
+def _output_factor(rec: Record, mat: Tensor, conv: str = "backpack") -> Tensor:
+    """``B = sum_{v,n} s s^T`` of the columns ``s`` (:class:`~extensions.quantities.KFAC`).
+
+    Conv: ``conv="backpack"`` sums the columns over spatial positions first (BackPACK), ``"expand"``
+    sums the outer products over them (KFC / curvlinops' expand).
+    """
     if isinstance(rec.module, nn.Conv2d):
-        s = mat.sum((3, 4))
+        s = mat.sum((3, 4)) if conv == "backpack" else mat.flatten(3).transpose(2, 3)
     else:
         s = mat
     s = s.reshape(-1, s.shape[-1])
     return s.t() @ s
+
+
+def _spatial_positions(rec: Record) -> int:
+    """``S``, the output positions of a convolution (1 for ``Linear``)."""
+    return rec.output[0, 0].numel() if isinstance(rec.module, nn.Conv2d) else 1
 
 
 def _input_factor(rec: Record) -> Tensor:
@@ -408,7 +456,8 @@ def compute_second_order(
     Returns:
         ``{quantity name: {parameter name: value}}``. Diagonals have the parameter's shape; for
         KFAC/KFLR/KFRA a weight maps to ``[B, A]`` (``kron(B, A)`` approximates the block of the
-        row-major flattened weight) and a bias to ``[B]``.
+        row-major flattened weight) and a bias to ``[B]``; for EKFAC/EKFACExact a weight maps to
+        ``[Q_B, Q_A, lam]`` and a bias to ``[Q_B, lam_b]`` (:class:`~extensions.quantities.EKFAC`).
 
     Raises:
         UnsupportedModuleError: a module or the loss has no rule for a requested quantity.
@@ -426,39 +475,55 @@ def compute_second_order(
     engine = _Engine(trace, memory_budget, buffers)
     names = {q.name for q in qs}
     widths = []
-    if names & {"DiagGGNExact", "DiagHessian", "KFLR"}:
+    if names & {"DiagGGNExact", "DiagHessian", "KFLR", "EKFACExact"}:
         widths.append(trace.loss.input[0].numel())  # C columns of the loss sqrt-Hessian
-    widths += sorted({by_name[n].mc_samples for n in ("DiagGGNMC", "KFAC") if n in by_name})
+    widths += sorted({by_name[n].mc_samples for n in MC_QUANTITIES if n in by_name})
     engine.prepare(widths, residuals="DiagHessian" in names and _has_curved(engine))
     results: dict[str, dict[str, Any]] = {name: {} for name in by_name}
 
     kfra_b = _kfra(engine, trace) if "KFRA" in names else None
     with torch.no_grad():
         b_factors: dict[str, dict[str, Tensor]] = {n: {} for n in ("KFAC", "KFLR") if n in names}
-        _run_exact_stream(engine, trace, names, results, b_factors)
+        _run_exact_stream(engine, trace, by_name, results, b_factors)
         _run_mc_streams(engine, trace, by_name, results, b_factors)
         if "DiagHessian" in names:
             _run_residual_streams(engine, trace, results["DiagHessian"])
         if kfra_b is not None:
             b_factors["KFRA"] = kfra_b
         if b_factors:
-            _assemble_kronecker(engine, b_factors, results)
+            _assemble_kronecker(engine, b_factors, by_name, results)
     for name in ("DiagGGNExact", "DiagGGNMC", "DiagHessian"):
         if name in results:
             _fill_missing_diagonals(engine, results[name])
     return results
 
 
+def _kron_targets(
+    members: Sequence[str],
+    by_name: dict[str, Quantity],
+    results: dict[str, dict[str, Any]],
+    b_factors: dict[str, dict[str, Tensor]],
+) -> dict[str, Any]:
+    """Return the Kronecker and EKFAC targets of the quantities ``members`` of one stream."""
+    return {
+        "kron_targets": [(b_factors[n], by_name[n].conv) for n in members if n in b_factors],
+        "ekfac_targets": [
+            EkfacTarget(by_name[n].conv, results[n]) for n in members if n.startswith("EKFAC")
+        ],
+    }
+
+
 def _run_exact_stream(
     engine: _Engine,
     trace: Trace,
-    names: set[str],
+    by_name: dict[str, Quantity],
     results: dict[str, dict[str, Any]],
     b_factors: dict[str, dict[str, Tensor]],
 ) -> None:
+    names = set(by_name)
     diag_targets = [(results[n], 1.0) for n in ("DiagGGNExact", "DiagHessian") if n in names]
-    kron_targets = [b_factors["KFLR"]] if "KFLR" in names else []
-    if not diag_targets and not kron_targets:
+    members = [n for n in ("KFLR", "EKFACExact") if n in names]
+    if not diag_targets and not members:
         return
     sqrt_h = losses.sqrt_hessian(trace.loss)  # [C, N, C]
     stream = _Stream(
@@ -466,7 +531,7 @@ def _run_exact_stream(
         make=lambda v0, v1, n0, n1: sqrt_h[v0:v1, n0:n1].clone(),
         start=len(engine.views) - 1,
         diag_targets=diag_targets,
-        kron_targets=kron_targets,
+        **_kron_targets(members, by_name, results, b_factors),
     )
     engine.run(stream)
 
@@ -478,9 +543,9 @@ def _run_mc_streams(
     results: dict[str, dict[str, Any]],
     b_factors: dict[str, dict[str, Tensor]],
 ) -> None:
-    """One MC draw per distinct ``mc_samples`` (DiagGGNMC and KFAC share it when equal)."""
+    """One MC draw per distinct ``mc_samples`` (DiagGGNMC, KFAC, EKFAC share it when equal)."""
     groups: dict[int, list[str]] = {}
-    for name in ("DiagGGNMC", "KFAC"):
+    for name in MC_QUANTITIES:
         if name in by_name:
             groups.setdefault(by_name[name].mc_samples, []).append(name)
     for mc_samples, members in groups.items():
@@ -490,7 +555,7 @@ def _run_mc_streams(
             make=lambda v0, v1, n0, n1, s=sqrt_h: s[v0:v1, n0:n1].clone(),
             start=len(engine.views) - 1,
             diag_targets=[(results["DiagGGNMC"], 1.0)] if "DiagGGNMC" in members else [],
-            kron_targets=[b_factors["KFAC"]] if "KFAC" in members else [],
+            **_kron_targets(members, by_name, results, b_factors),
         )
         engine.run(stream)
 
@@ -571,7 +636,10 @@ def _diagonal_columns(root: Tensor, shape: torch.Size) -> Callable[[int, int, in
 
 
 def _assemble_kronecker(
-    engine: _Engine, b_factors: dict[str, dict[str, Tensor]], results: dict[str, dict[str, Any]]
+    engine: _Engine,
+    b_factors: dict[str, dict[str, Tensor]],
+    by_name: dict[str, Quantity],
+    results: dict[str, dict[str, Any]],
 ) -> None:
     """``[B, A]`` per weight and ``[B]`` per bias; A computed once per layer and shared."""
     for rec in engine.views:
@@ -580,11 +648,14 @@ def _assemble_kronecker(
             continue
         w_key = engine.names.get(id(m.weight))
         b_key = engine.names.get(id(m.bias)) if m.bias is not None else None
-        with _label("input_factor", rec):
-            a = _input_factor(rec) if w_key is not None else None
+        a = engine.input_factor(rec.position) if w_key is not None else None
         for qname, factors in b_factors.items():
             if w_key is not None:
-                results[qname][w_key] = [factors[w_key], a]
+                expand = getattr(by_name.get(qname), "conv", "backpack") == "expand"
+                results[qname][w_key] = [
+                    factors[w_key],
+                    a / _spatial_positions(rec) if expand else a,
+                ]
             if b_key is not None:
                 results[qname][b_key] = [factors[b_key]]
 

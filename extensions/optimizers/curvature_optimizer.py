@@ -6,6 +6,12 @@ the gradient of the **unregularised** minibatch loss, ``C`` a curvature from Bac
 π-damping, see :mod:`.damped_inverse`) and ``delta`` the problem's L2 factor of the parameter's
 group (0 for biases), added here as the paper's code did.
 
+Beyond the paper (:data:`EXTENDED`): ``"KFAC-expand"`` / ``"KFLR-expand"`` (the KFC conv
+factorisation, ``extensions.KFAC(conv="expand")``; same damping) and ``"EKFAC"`` /
+``"EKFAC-exact"`` (``extensions.EKFAC`` / ``EKFACExact``): ``[Q_B, Q_A, lam]`` per weight, whose
+damped inverse is exact, ``kron(Q_B, Q_A) diag(1 / (lam + gamma)) kron(Q_B, Q_A)^T``. An EKFAC
+basis belongs to one batch, so EKFAC methods use this step's curvature only (``"fresh"``).
+
 Faithful defaults (the anon release ``bpoptim``): the curvature is the running mean of all
 minibatch curvatures since the start (``average="mean"``) and the inverse is recomputed every
 step (``inverse_every=1``). ``average="fresh"`` uses this step's curvature only (the paper's
@@ -21,15 +27,26 @@ import torch
 from torch import Tensor
 
 from .damped_inverse import (
+    apply_eigen_basis_inverses,
     apply_kronecker_inverses,
     diagonal_inverse,
+    eigen_basis_inverses,
     kronecker_inverses,
 )
 from .running_mean import update_running_mean
 
 DIAGONAL = ("DiagGGNExact", "DiagGGNMC")
 KRONECKER = ("KFAC", "KFLR", "KFRA")
+#: the paper's curvatures (BackPACK's quantities; the grid search's default)
 CURVATURES = DIAGONAL + KRONECKER
+#: Kronecker factors ``[B, A]`` / ``[B]`` with the KFC ("expand") conv factorisation
+KRONECKER_EXPAND = ("KFAC-expand", "KFLR-expand")
+#: eigenvalue-corrected KFAC, ``[Q_B, Q_A, lam]`` / ``[Q_B, lam_b]`` (MC and exact loss Hessian)
+EIGEN = ("EKFAC", "EKFAC-exact")
+#: curvatures beyond the paper (``extensions`` only, no BackPACK backend)
+EXTENDED = KRONECKER_EXPAND + EIGEN
+#: every curvature :class:`CurvatureOptimizer` accepts
+ALL_CURVATURES = CURVATURES + EXTENDED
 AVERAGES = ("mean", "fresh")
 
 #: A parameter's curvature: a tensor of its shape (diagonal) or ``[B, A]`` / ``[B]`` (Kronecker).
@@ -41,10 +58,11 @@ class CurvatureOptimizer(torch.optim.Optimizer):
 
     Args:
         params: parameters or groups; a group's ``"l2"`` is its L2 factor delta (default 0).
-        curvature: one of :data:`CURVATURES`.
+        curvature: one of :data:`ALL_CURVATURES`.
         lr: the learning rate alpha.
         damping: the damping lambda.
-        average: ``"mean"`` (running mean since the start, faithful) or ``"fresh"``.
+        average: ``"mean"`` (running mean since the start, faithful) or ``"fresh"``;
+            ``None``: ``"fresh"`` for :data:`EIGEN`, else ``"mean"``.
         inverse_every: recompute the inverses every this many steps (1 = faithful).
 
     Example:
@@ -60,13 +78,21 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         lr: float,
         damping: float,
         *,
-        average: str = "mean",
+        average: str | None = None,
         inverse_every: int = 1,
     ):
-        if curvature not in CURVATURES:
-            raise ValueError(f"unknown curvature {curvature!r}; valid: {', '.join(CURVATURES)}")
+        if curvature not in ALL_CURVATURES:
+            valid = ", ".join(ALL_CURVATURES)
+            raise ValueError(f"unknown curvature {curvature!r}; valid: {valid}")
+        if average is None:
+            average = "fresh" if curvature in EIGEN else "mean"
         if average not in AVERAGES:
             raise ValueError(f"unknown average {average!r}; valid: {', '.join(AVERAGES)}")
+        if curvature in EIGEN and average != "fresh":
+            raise ValueError(
+                f"{curvature} gives an eigenbasis of this batch only; running means over bases "
+                "are undefined: use average='fresh'"
+            )
         if inverse_every < 1:
             raise ValueError(f"inverse_every must be >= 1, got {inverse_every}")
         if lr <= 0 or damping < 0:
@@ -80,7 +106,12 @@ class CurvatureOptimizer(torch.optim.Optimizer):
     @property
     def is_kronecker(self) -> bool:
         """Whether the curvature comes as Kronecker factors."""
-        return self.curvature in KRONECKER
+        return self.curvature in KRONECKER + KRONECKER_EXPAND
+
+    @property
+    def is_eigen(self) -> bool:
+        """Whether the curvature comes as an EKFAC eigenbasis and eigenvalues."""
+        return self.curvature in EIGEN
 
     @torch.no_grad()
     def step(self, curvature: Mapping[Tensor, Curvature]) -> None:  # type: ignore[override]
@@ -114,7 +145,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
     def _update_estimate(self, state: dict[str, Any], value: Curvature, average: str) -> None:
         t = state.get("updates", 0) if average == "mean" else 0
         state.setdefault("updates", 0)
-        if self.is_kronecker:
+        if self.is_kronecker or self.is_eigen:
             old = state.get("estimate") or [None] * len(value)
             state["estimate"] = [
                 update_running_mean(m, x, t) for m, x in zip(old, value, strict=True)
@@ -125,9 +156,13 @@ class CurvatureOptimizer(torch.optim.Optimizer):
     def _inverse(self, estimate: Curvature, gamma: float) -> Curvature:
         if self.is_kronecker:
             return kronecker_inverses(list(estimate), gamma)
+        if self.is_eigen:
+            return eigen_basis_inverses(list(estimate), gamma)
         return diagonal_inverse(estimate, gamma)
 
     def _precondition(self, inverse: Curvature, direction: Tensor) -> Tensor:
         if self.is_kronecker:
             return apply_kronecker_inverses(list(inverse), direction)
+        if self.is_eigen:
+            return apply_eigen_basis_inverses(list(inverse), direction)
         return inverse * direction

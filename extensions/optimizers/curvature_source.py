@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .curvature_optimizer import CURVATURES, Curvature
+from .curvature_optimizer import ALL_CURVATURES, EXTENDED, Curvature
 
 BACKENDS = ("auto", "ours", "backpack")
 
@@ -45,15 +45,29 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def quantity_of(method: str):
+    """Return the configured ``extensions`` quantity behind a curvature method name."""
+    import extensions
+
+    extended = {
+        "KFAC-expand": extensions.KFAC(conv="expand"),
+        "KFLR-expand": extensions.KFLR(conv="expand"),
+        "EKFAC": extensions.EKFAC(),
+        "EKFAC-exact": extensions.EKFACExact(),
+    }
+    return extended.get(method) or extensions.resolve(method)
+
+
 def _ours(
-    model: nn.Module, loss_fn: nn.Module, inputs: Tensor, targets: Tensor, quantity: str
+    model: nn.Module, loss_fn: nn.Module, inputs: Tensor, targets: Tensor, method: str
 ) -> tuple[Tensor, dict[str, Curvature]]:
     import extensions
 
+    quantity = quantity_of(method)
     with extensions.collect(model, loss_fn, quantity) as results:
         loss = loss_fn(model(inputs), targets)
         loss.backward()
-    return loss.detach(), results[quantity]
+    return loss.detach(), results[quantity.name]
 
 
 def _backpack(
@@ -94,17 +108,18 @@ def loss_and_curvature(
         loss_fn: the mean data loss (no L2 term).
         inputs: a batch of inputs.
         targets: its targets.
-        quantity: one of :data:`.CURVATURES`.
+        quantity: one of :data:`.ALL_CURVATURES` (:data:`.EXTENDED` ones: ``"ours"`` only).
         backend: one of :data:`BACKENDS`.
 
     Returns:
         ``(loss, {parameter: curvature})``; the loss is detached and stays on the device.
 
     """
-    if quantity not in CURVATURES:
-        raise ValueError(f"unknown curvature {quantity!r}; valid: {', '.join(CURVATURES)}")
-    loss, by_name = _IMPLEMENTATIONS[resolve_backend(backend)](
-        model, loss_fn, inputs, targets, quantity
-    )
+    if quantity not in ALL_CURVATURES:
+        raise ValueError(f"unknown curvature {quantity!r}; valid: {', '.join(ALL_CURVATURES)}")
+    backend = resolve_backend(backend)
+    if quantity in EXTENDED and backend != "ours":
+        raise ValueError(f"{quantity} is computed by extensions only (backend 'ours')")
+    loss, by_name = _IMPLEMENTATIONS[backend](model, loss_fn, inputs, targets, quantity)
     named = dict(model.named_parameters())
     return loss, {named[name]: value for name, value in by_name.items()}

@@ -6,6 +6,7 @@ inverted elementwise, ``1 / (c + gamma)``; Kronecker factors ``[B, A]`` (BackPAC
 Tikhonov damping with ``pi = sqrt((tr A / dim A) / (tr B / dim B))``, i.e. ``A + pi sqrt(gamma) I``
 and ``B + sqrt(gamma) / pi I``, each inverted by a symmetric eigendecomposition whose inverse
 eigenvalues are clamped to ``[0, 1 / EPS]``. A bias has one factor ``B`` and gets ``B + gamma I``.
+EKFAC blocks (eigenbasis and eigenvalues) are damped exactly: ``1 / (lam + gamma)`` in the basis.
 """
 
 from __future__ import annotations
@@ -87,3 +88,32 @@ def apply_kronecker_inverses(inverses: list[Tensor], direction: Tensor) -> Tenso
     inv_b, inv_a = inverses
     matrix = direction.reshape(inv_b.shape[0], -1)
     return (inv_b @ matrix @ inv_a).reshape(direction.shape)
+
+
+def eigen_basis_inverses(curvature: list[Tensor], gamma: float) -> list[Tensor]:
+    """Damped inverse of an EKFAC block: the bases and ``1 / (lam + gamma)`` (clamped).
+
+    Args:
+        curvature: ``[Q_B, Q_A, lam]`` for a weight or ``[Q_B, lam_b]`` for a bias
+            (:class:`extensions.EKFAC`).
+        gamma: the damping ``lambda + delta`` of the parameter's group.
+
+    Returns:
+        The same list with the eigenvalues replaced by ``clamp(1 / (lam + gamma), 0, 1/EPS)``:
+        ``kron(Q_B, Q_A) diag(that) kron(Q_B, Q_A)^T`` is exactly ``(EKFAC + gamma I)^-1``.
+
+    """
+    if len(curvature) not in (2, 3):
+        raise ValueError(f"expected [Q_B, Q_A, lam] or [Q_B, lam], got {len(curvature)} tensors")
+    *bases, lam = curvature
+    return [*bases, (1.0 / (lam + gamma)).clamp(min=0.0, max=1.0 / EPS)]
+
+
+def apply_eigen_basis_inverses(inverses: list[Tensor], direction: Tensor) -> Tensor:
+    """``Q_B ((Q_B^T G Q_A) * inv) Q_A^T`` (weight; ``G`` as ``[out, in...]``) or its bias form."""
+    if len(inverses) == 2:
+        q_b, inv = inverses
+        return (q_b @ ((q_b.T @ direction.reshape(-1)) * inv)).reshape(direction.shape)
+    q_b, q_a, inv = inverses
+    matrix = direction.reshape(q_b.shape[0], -1)
+    return (q_b @ ((q_b.T @ matrix @ q_a) * inv) @ q_a.T).reshape(direction.shape)

@@ -219,6 +219,89 @@ def test_results_you_hold_are_never_overwritten(keep):
         torch.testing.assert_close(value, expected[name])
 
 
+def _weight_ptrs(results):
+    return {n: v.data_ptr() for n, v in results["BatchGrad"].items() if n.endswith("weight")}
+
+
+def test_a_result_held_from_one_context_is_not_overwritten_by_the_next():
+    model, loss_fn, x, y = problem(batch_size=4)
+    x2 = torch.randn_like(x)
+    first = extensions.compute(model, loss_fn, x, y, "BatchGrad")
+    snapshot_ = copy.deepcopy(first)
+    with extensions.collect(model, loss_fn, "BatchGrad") as second:
+        loss_fn(model(x2), y).backward()
+    assert not set(_weight_ptrs(first).values()) & set(_weight_ptrs(second).values())
+    for name, value in first["BatchGrad"].items():
+        torch.testing.assert_close(value, snapshot_["BatchGrad"][name], rtol=0, atol=0)
+    expected = individual_gradients(model, loss_fn, x2, y)
+    for name, value in second["BatchGrad"].items():
+        torch.testing.assert_close(value, expected[name])
+
+
+def test_compute_every_step_reuses_the_buffers_of_released_results():
+    """``res = compute(...)`` each step: step k runs while step k-1 is held, k-2 is free."""
+    model, loss_fn, x, y = problem(batch_size=4)
+    inputs = [torch.randn_like(x) for _ in range(4)]
+    ptrs = []
+    res = None
+    for inp in inputs:
+        res = extensions.compute(model, loss_fn, inp, y, "BatchGrad")
+        ptrs.append(_weight_ptrs(res))
+    assert ptrs[0] != ptrs[1] and ptrs[2] == ptrs[0] and ptrs[3] == ptrs[1]
+    expected = individual_gradients(model, loss_fn, inputs[-1], y)
+    for name, value in res["BatchGrad"].items():
+        torch.testing.assert_close(value, expected[name])
+
+
+def test_a_context_per_step_reuses_the_buffers():
+    model, loss_fn, x, y = problem(batch_size=4)
+    ptrs = []
+    for _ in range(3):
+        with extensions.collect(model, loss_fn, "BatchGrad") as results:
+            loss_fn(model(torch.randn_like(x)), y).backward()
+        ptrs.append(_weight_ptrs(results))
+        del results
+    assert ptrs[0] == ptrs[1] == ptrs[2]
+
+
+def _pooled(pool):
+    import weakref
+
+    return [weakref.ref(b) for slots in pool._buffers.values() for b in slots]
+
+
+def test_pooled_memory_is_released_with_the_model():
+    import gc
+    import weakref
+
+    from extensions import buffers
+
+    model, loss_fn, x, y = problem(batch_size=4)
+    res = extensions.compute(model, loss_fn, x, y, "BatchGrad")
+    pool = weakref.ref(buffers.pool_for(model))
+    pooled = _pooled(pool())
+    assert pooled
+    del res
+    gc.collect()
+    assert all(ref() is not None for ref in pooled)  # kept for the next step
+    del model
+    gc.collect()
+    assert pool() is None and all(ref() is None for ref in pooled)
+
+
+def test_release_drops_the_pooled_buffers():
+
+    from extensions import buffers
+
+    model, loss_fn, x, y = problem(batch_size=4)
+    res = extensions.compute(model, loss_fn, x, y, "BatchGrad")
+    pooled = _pooled(buffers.pool_for(model))
+    del res
+    extensions.release(model)
+    assert pooled and all(ref() is None for ref in pooled)
+    assert len(buffers.pool_for(model)) == 0
+
+
 @needs_second_order
 @pytest.mark.parametrize("quantity", ["DiagGGNExact", "DiagHessian", "KFLR"])
 def test_second_order_scratch_reuse_across_steps_keeps_results_exact(quantity):

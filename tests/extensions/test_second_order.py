@@ -115,12 +115,17 @@ def _output_hessian(loss_fn, out, y):
     return h.reshape(out.numel(), out.numel())
 
 
-def ggn_diagonal(model, loss_fn, x, y, rng_state) -> dict[str, Tensor]:
+def ggn_matrix(model, loss_fn, x, y, rng_state) -> tuple[Tensor, dict[str, Tensor]]:
+    """The dense GGN ``J^T (d^2 L / d f^2) J`` over all parameters, and the parameters."""
     f, flat, params = _functional(model, x, rng_state)
     jac = torch.func.jacrev(f)(flat)  # [N, C, P]
     out = f(flat).detach()
     jac = jac.reshape(out.numel(), -1)
-    ggn = jac.t() @ _output_hessian(loss_fn, out, y) @ jac
+    return jac.t() @ _output_hessian(loss_fn, out, y) @ jac, params
+
+
+def ggn_diagonal(model, loss_fn, x, y, rng_state) -> dict[str, Tensor]:
+    ggn, params = ggn_matrix(model, loss_fn, x, y, rng_state)
     return _split(torch.diagonal(ggn), params)
 
 
@@ -131,8 +136,14 @@ def hessian_diagonal(model, loss_fn, x, y, rng_state) -> dict[str, Tensor]:
     return _split(torch.diagonal(hess), params)
 
 
-def output_ggn_factor(model, loss_fn, x, y, rng_state, layer: nn.Module) -> Tensor:
-    """KFLR's B oracle: GGN w.r.t. an additive perturbation of ``layer``'s output."""
+def output_ggn_factor(
+    model, loss_fn, x, y, rng_state, layer: nn.Module, conv: str = "backpack"
+) -> Tensor:
+    """KFLR's B oracle: GGN w.r.t. an additive perturbation of ``layer``'s output.
+
+    Summed over samples' diagonal blocks; for a convolution, over both spatial positions
+    (``conv="backpack"``) or over equal positions only (``"expand"``, KFC).
+    """
     with torch.no_grad():
         torch.set_rng_state(rng_state)
         shape = {}
@@ -158,7 +169,10 @@ def output_ggn_factor(model, loss_fn, x, y, rng_state, layer: nn.Module) -> Tens
     blocks = torch.stack([ggn[i, :, i, :] for i in range(n)]).sum(0)  # [h, h]
     if len(shape["s"]) == 4:
         c = shape["s"][1]
-        blocks = blocks.reshape(c, -1, c, blocks.shape[0] // c).sum((1, 3))
+        blocks = blocks.reshape(c, -1, c, blocks.shape[0] // c)
+        if conv == "expand":
+            return torch.einsum("asbs->ab", blocks)
+        blocks = blocks.sum((1, 3))
     return blocks
 
 

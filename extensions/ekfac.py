@@ -1,0 +1,151 @@
+"""EKFAC (George et al. 2018): Kronecker eigenbases and the per-sample eigenvalue correction.
+
+For a layer with KFAC factors ``B`` (output, ``[out, out]``) and ``A`` (input, ``[K, K]``) and
+eigenvectors ``Q_B``, ``Q_A``, the corrected eigenvalues are the second moment of the
+per-(column, sample) weight gradients in the Kronecker eigenbasis::
+
+    lam[o, k] = sum_{v,n} (Q_B^T G_{v,n} Q_A)[o, k] ** 2,    G_{v,n} = sum_s s_{v,n,s} u_{n,s}^T
+
+with ``s`` the backpropagated loss-Hessian columns at the layer output (already scaled by
+``1/sqrt(N)`` / ``1/sqrt(M)``) and ``u`` the unfolded input patches (``S`` positions; one for
+``Linear``). The bias: ``lam_b = sum_{v,n} (Q_B^T sum_s s_{v,n,s}) ** 2``. No per-sample gradient
+is stored: the columns and the patches are rotated, and ``G`` is formed in sample chunks.
+
+The basis needs ``B`` of the whole batch. When the propagated columns fit the memory budget in
+one chunk, ``B``, the eigenbasis and the correction are all formed when the columns reach the
+layer (one propagation, inside the one autograd backward). Otherwise the columns are propagated
+twice (first ``B``, then the correction), still inside the same backward (no extra forward or
+autograd backward) -- see :class:`EkfacTarget`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from extensions import per_sample
+
+#: elements of one chunk of rotated per-(column, sample) weight gradients ``[V, n, out, K]``
+CORRECTION_CHUNK_ELEMENTS = 2**23
+
+
+def eigenbasis(factor: Tensor) -> Tensor:
+    """Eigenvectors (columns, ascending eigenvalues) of a symmetric Kronecker factor."""
+    return torch.linalg.eigh(factor).eigenvectors
+
+
+def _columns_and_patches(rec: Any, mat: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``s [V, n, S, out]`` and the patches ``u [n, S, K]`` (``None`` without a weight)."""
+    m = rec.module
+    if isinstance(m, nn.Conv2d):
+        s = mat.flatten(3).transpose(2, 3)  # [V, n, S, out]
+        patches = per_sample.conv2d_patches(rec.input, m)  # [n, c, kh, kw, ho, wo]
+        u = patches.flatten(1, 3).flatten(2).transpose(1, 2)  # [n, S, K]
+    else:
+        s = mat.unsqueeze(2)
+        u = rec.input.unsqueeze(1)
+    return s, u
+
+
+def corrections(
+    rec: Any,
+    mat: Tensor,
+    q_b: Tensor,
+    q_a: Tensor | None,
+    max_elements: int = CORRECTION_CHUNK_ELEMENTS,
+) -> tuple[Tensor | None, Tensor]:
+    """``(lam [out, K] or None without q_a, lam_b [out])`` of one chunk of columns.
+
+    Args:
+        rec: the layer's record (``module``, ``input`` of the same samples as ``mat``).
+        mat: the columns at the layer output, ``[V, n, out]`` or ``[V, n, out, H, W]``.
+        q_b: output eigenbasis ``[out, out]``.
+        q_a: input eigenbasis ``[K, K]`` (``None``: only the bias term).
+        max_elements: bound on the elements of one chunk of rotated per-sample gradients.
+
+    """
+    s, u = _columns_and_patches(rec, mat)
+    s_rot = s @ q_b  # [V, n, S, out]
+    lam_b = s_rot.sum(2).square().sum((0, 1))
+    if q_a is None:
+        return None, lam_b
+    u_rot = u @ q_a  # [n, S, K]
+    v, n, positions, out = s_rot.shape
+    k = u_rot.shape[-1]
+    if positions == 1:  # (s_o u_k)^2 = s_o^2 u_k^2: no per-sample tensor at all
+        lam = torch.einsum("vno,nk->ok", s_rot[:, :, 0].square(), u_rot[:, 0].square())
+        return lam, lam_b
+    lam = s_rot.new_zeros(out, k)
+    step = max(1, min(CORRECTION_CHUNK_ELEMENTS, max_elements) // max(1, v * out * k))
+    for n0 in range(0, n, step):
+        g = torch.einsum("vnso,nsk->vnok", s_rot[:, n0 : n0 + step], u_rot[n0 : n0 + step])
+        lam += g.square_().sum((0, 1))
+    return lam, lam_b
+
+
+@dataclass
+class EkfacTarget:
+    """What one EKFAC quantity collects on one stream of columns.
+
+    Per layer (record position): ``B`` accumulated over chunks, then the bases, then the
+    correction. :meth:`extract` does all three at once when ``single_pass`` (the stream runs in
+    one chunk); otherwise the first propagation fills ``B`` and :meth:`needs_second_pass` tells
+    the engine to propagate the same columns again for the correction.
+
+    Args:
+        conv: the factorisation of ``B`` and ``A`` (``"backpack"`` / ``"expand"``).
+        results: ``{parameter name: value}`` to fill (see :class:`extensions.quantities.EKFAC`).
+
+    """
+
+    conv: str
+    results: dict[str, Any]
+    factors: dict[int, Tensor] = field(default_factory=dict)
+    bases: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict)
+    lam: dict[int, list[Tensor | None]] = field(default_factory=dict)
+
+    def extract(self, engine: Any, rec: Any, mat: Tensor, single_pass: bool) -> None:
+        """Feed the columns ``mat`` reaching ``rec`` (a chunk of them unless ``single_pass``)."""
+        pos = rec.position
+        if pos not in self.bases:
+            b = engine.output_factor(rec, mat, self.conv)
+            self.factors[pos] = self.factors[pos] + b if pos in self.factors else b
+            if not single_pass:
+                return
+            self.form_basis(engine, pos)
+        q_b, q_a = self.bases[pos]
+        lam, lam_b = corrections(rec, mat, q_b, q_a, engine.extraction_elements(mat))
+        if pos in self.lam:
+            old = self.lam[pos]
+            self.lam[pos] = [None if lam is None else old[0] + lam, old[1] + lam_b]
+        else:
+            self.lam[pos] = [lam, lam_b]
+
+    def form_basis(self, engine: Any, pos: int) -> None:
+        """Eigenbases of the layer at ``pos`` from its complete ``B`` and its ``A``."""
+        rec = engine.views[pos]
+        has_weight = engine.names.get(id(rec.module.weight)) is not None
+        q_a = eigenbasis(engine.input_factor(pos)) if has_weight else None
+        self.bases[pos] = (eigenbasis(self.factors.pop(pos)), q_a)
+
+    def needs_second_pass(self, engine: Any) -> bool:
+        """After a chunked propagation: form the bases; whether the correction still runs."""
+        pending = [pos for pos in self.factors if pos not in self.bases]
+        for pos in pending:
+            self.form_basis(engine, pos)
+        return bool(pending)
+
+    def write(self, engine: Any) -> None:
+        """Put ``[Q_B, Q_A, lam]`` / ``[Q_B, lam_b]`` into :attr:`results` by parameter name."""
+        for pos, (q_b, q_a) in self.bases.items():
+            m = engine.views[pos].module
+            lam, lam_b = self.lam[pos]
+            w_key = engine.names.get(id(m.weight))
+            b_key = engine.names.get(id(m.bias)) if m.bias is not None else None
+            if w_key is not None:
+                self.results[w_key] = [q_b, q_a, lam]
+            if b_key is not None:
+                self.results[b_key] = [q_b, lam_b]
