@@ -1,7 +1,7 @@
-"""``curvbench data``: download, verify and cache CIFAR; show what is cached.
+"""``curvbench data``: download, verify and cache the data sets; show what is cached.
 
-curvbench data download cifar10                # or cifar100, or a problem name (cifar10_3c3d)
-curvbench data download cifar100 --data-dir D  # another directory (also: $CURVBENCH_DATA)
+curvbench data download cifar10                # cifar100, mnist, fmnist, or a problem name
+curvbench data download mnist --data-dir D     # another directory (also: $CURVBENCH_DATA)
 curvbench data status                          # what is cached where
 """
 
@@ -12,50 +12,71 @@ import sys
 
 
 def _download(args: argparse.Namespace) -> int:
-    from problems.data import cifar
+    from problems.data import datasets
     from problems.data.errors import DataError
 
     status = 0
     names: list[str] = []
     for name in args.names:
         try:
-            spec = cifar.resolve_dataset(name)
+            info = datasets.dataset_info(name)
         except DataError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"curvbench data: error: {err}", file=sys.stderr)
             return 2
-        if spec.name not in names:
-            names.append(spec.name)
+        if info.name not in names:
+            names.append(info.name)
     for name in names:
         try:
-            path = cifar.download(
+            path = datasets.download(
                 name, args.data_dir, force=args.force, base_url=args.url, progress=not args.quiet
             )
         except DataError as err:
-            print(f"error: {name}: {err}", file=sys.stderr)
+            print(f"curvbench data: error: {name}: {err}", file=sys.stderr)
             status = 1
             continue
-        info = cifar.read_marker(name, args.data_dir) or {}
+        info = _marker(name, args.data_dir) or {}
         print(
             f"{name}: cached {info.get('n_train')} train + {info.get('n_test')} test images "
-            f"in {path} (archive md5 {info.get('archive_md5')})"
+            f"in {path} ({_checksums(info)})"
         )
     return status
 
 
-def _status(args: argparse.Namespace) -> int:
-    from problems.data import cifar
+def _marker(name: str, data_dir: str | None) -> dict | None:
+    from problems.data import fetch
 
-    directory = cifar.data_dir(args.data_dir)
-    print(f"data directory: {directory}")
-    for name, spec in cifar.DATASETS.items():
-        info = cifar.read_marker(name, args.data_dir)
+    return fetch.read_marker(name, data_dir)
+
+
+def _checksums(info: dict) -> str:
+    """Describe the verified md5(s) a cache marker records."""
+    if "archive_md5" in info:
+        return f"archive md5 {info['archive_md5']}"
+    return "md5 " + ", ".join(f"{f} {m}" for f, m in sorted(info.get("file_md5s", {}).items()))
+
+
+def _official(name: str, info: dict) -> bool:
+    from problems.data import cifar, mnist
+
+    if name in cifar.DATASETS:
+        return info.get("archive_md5") == cifar.DATASETS[name].md5
+    spec = mnist.DATASETS[name]
+    return info.get("file_md5s") == dict(zip(mnist.FILES, spec.md5s))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from problems.data import datasets, fetch
+
+    print(f"data directory: {fetch.data_dir(args.data_dir)}")
+    for name in datasets.DATASETS:
+        info = _marker(name, args.data_dir)
         if info is None:
             print(f"  {name:9s} missing   (get it: curvbench data download {name})")
             continue
-        official = "official" if info["archive_md5"] == spec.md5 else "NOT the official archive"
+        official = "official" if _official(name, info) else "NOT the official files"
         print(
             f"  {name:9s} cached    {info['n_train']} train + {info['n_test']} test, "
-            f"{info['cache_bytes'] / 2**20:.0f} MiB, md5 {info['archive_md5']} ({official})"
+            f"{info['cache_bytes'] / 2**20:.0f} MiB, {_checksums(info)} ({official})"
         )
     return 0
 
@@ -64,10 +85,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``curvbench data`` and its subcommands."""
     parser = subparsers.add_parser(
         "data",
-        help="download, verify and cache CIFAR-10/100; show the cache",
+        help="download, verify and cache CIFAR-10/100, MNIST, Fashion-MNIST; show the cache",
         description=(
-            "Manage the CIFAR data. The data directory is --data-dir, else $CURVBENCH_DATA, "
-            "else $XDG_CACHE_HOME/curvbench (default ~/.cache/curvbench)."
+            "Manage the data sets (cifar10, cifar100, mnist, fmnist). The data directory is "
+            "--data-dir, else $CURVBENCH_DATA, else $XDG_CACHE_HOME/curvbench (default "
+            "~/.cache/curvbench)."
         ),
     )
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
@@ -81,22 +103,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         parents=[common],
         help="fetch, md5-verify, parse and cache data sets",
         description=(
-            "Download the official python-version archive, verify its md5, parse it into uint8 "
-            "tensors and cache them as one file per data set. An archive already in the data "
-            "directory under its official name is verified and used offline."
+            "Download the official files (CIFAR's python-version archive, MNIST's four IDX "
+            "files), verify their md5, parse them into uint8 tensors and cache them as one file "
+            "per data set. Files already in the data directory under their official names are "
+            "verified and used offline."
         ),
     )
     dl.add_argument(
         "names",
         nargs="+",
         metavar="NAME",
-        help="cifar10, cifar100, or a problem name such as cifar10_3c3d",
+        help="cifar10, cifar100, mnist, fmnist, or a problem name such as mnist_logreg",
     )
     dl.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
     dl.add_argument(
         "--url",
         default=None,
-        help="base URL of the archives (default $CURVBENCH_CIFAR_URL or the official one)",
+        help="base URL of the files (default $CURVBENCH_CIFAR_URL / $CURVBENCH_MNIST_URL / "
+        "$CURVBENCH_FMNIST_URL or the official one)",
     )
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
     dl.set_defaults(func=_download)

@@ -267,7 +267,8 @@ def test_cli_download_and_status(server, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "cifar10: cached 20 train + 4 test" in out
     assert "cifar100  missing" in out and "curvbench data download cifar100" in out
-    assert cli.main(["data", "download", "mnist", "--data-dir", root]) == 2
+    assert cli.main(["data", "download", "imagenet", "--data-dir", root]) == 2
+    assert "valid names: cifar10, cifar100, mnist, fmnist" in capsys.readouterr().err
     monkeypatch.setitem(cifar.DATASETS, "cifar10", spec)  # the official md5 again: a mismatch
     assert cli.main(argv + ["--force"]) == 1
     assert "checksum mismatch" in capsys.readouterr().err

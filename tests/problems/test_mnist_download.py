@@ -9,6 +9,7 @@ fixture is in ``conftest.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import struct
@@ -265,3 +266,30 @@ def test_split_sizes_and_scaling_on_a_scaled_down_set(tmp_path, name):
         load_problem_data(name, source="cifar", root=root)
     with pytest.raises(ValueError, match="RGB"):
         load_problem_data(name, source="real", root=root, batch_size=8, augment=True)
+
+
+def test_cli_download_and_status(server, tmp_path, monkeypatch, capsys):
+    from bench import cli
+
+    url, www = server
+    tiny = make_tiny_files(www)
+    spec = mnist.DATASETS["fmnist"]
+    official = dict(zip(mnist.FILES, spec.md5s))
+    monkeypatch.setitem(
+        mnist.DATASETS, "fmnist", dataclasses.replace(spec, md5s=tuple(tiny["md5s"].values()))
+    )
+    root = str(tmp_path / "data")
+    argv = ["data", "download", "fmnist_2c2d", "--data-dir", root, "--url", url, "--quiet"]
+    assert cli.main(argv) == 0
+    assert "fmnist: cached 20 train + 8 test" in capsys.readouterr().out
+    assert cli.main(["data", "status", "--data-dir", root]) == 0
+    out = capsys.readouterr().out
+    assert "fmnist    cached    20 train + 8 test" in out and "(official)" in out
+    assert "mnist     missing" in out and "curvbench data download mnist" in out
+    monkeypatch.setitem(mnist.DATASETS, "fmnist", spec)  # the official md5s again: not official
+    assert cli.main(["data", "status", "--data-dir", root]) == 0
+    assert "NOT the official files" in capsys.readouterr().out
+    assert cli.main(argv + ["--force"]) == 1  # the tiny files fail the official md5s
+    assert "fmnist" in capsys.readouterr().err
+    assert not is_cached("fmnist", root)
+    assert official == dict(zip(mnist.FILES, spec.md5s))
