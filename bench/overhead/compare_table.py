@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from bench import results_io
+from bench import options, results_io
 from bench.overhead.plan import COLUMNS, KEY_COLUMNS, REFERENCE, Measurement
-from bench.overhead.problem_setup import problem_setup
+from bench.overhead.problem_setup import TINY_PROBLEMS, problem_setup, registered_problems
 from bench.overhead.run import RunOptions, run_group
 from bench.spec import C_COLUMN_QUANTITIES, GRAD, QUANTITIES
 
@@ -227,15 +227,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the ours-vs-BackPACK table."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.overhead.compare_table",
-        description=__doc__.split("\n\n")[1],
+        description=options.plain(__doc__.split("\n\n")[1]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS))
-    parser.add_argument("--quantities", nargs="+", default=list(QUANTITIES), choices=QUANTITIES)
+    valid = registered_problems()
+    parser.add_argument(
+        "--problems",
+        nargs="+",
+        default=list(PROBLEMS),
+        type=options.one_of_listed(valid, TINY_PROBLEMS, "problem"),
+        help=f"valid: {', '.join(valid)} (default: {' '.join(PROBLEMS)})",
+    )
+    parser.add_argument(
+        "--quantities",
+        nargs="+",
+        default=list(QUANTITIES),
+        type=options.one_of(QUANTITIES, "quantity"),
+        help=f"valid: {', '.join(QUANTITIES)} (default: all)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 7")
-    parser.add_argument("--rounds", type=int, help="timed rounds (overrides --quick)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=options.positive_int, help="timed rounds (overrides --quick)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        type=options.device,
+        help="cpu, cuda, cuda:N (default: cuda if any)",
+    )
+    parser.add_argument("--threads", type=options.positive_int, default=2)
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument(
         "--csv",
@@ -245,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the markdown table to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    if not options.device_ok(args.device, parser.prog):
+        return 2
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (2 if args.quick else 7)
     rows = measure(args.problems, args.quantities, args.device, rounds, args.memory, args.csv)
