@@ -201,3 +201,19 @@ def device_ok(name: str, prog: str) -> bool:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return False
     return True
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` report a usage error as one line (``prog: error: ...``), exit code 2.
+
+    argparse prints the whole usage block first; for a bad value the one line naming the option,
+    the value and the valid range is what a user needs (``--help`` still shows the usage).
+    """
+    import sys
+
+    def error(message: str):
+        print(f"{parser.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser

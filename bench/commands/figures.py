@@ -24,6 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="rebuild plots/ and REPORT.md from results/ (no compute)",
         description=options.plain(__doc__),
     )
+    options.one_line_errors(parser)
     parser.add_argument(
         "target",
         nargs="?",

@@ -6,8 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from bench.spec import QUANTITIES
-
 _EPILOG = """\
 defaults:
   cuda: batch sizes 32 48 64 128 on both problems, 20 rounds, 2 warm-up rounds.
@@ -43,33 +41,23 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the overhead flags to ``parser``."""
     from bench import options
     from bench.overhead.backends import BACKENDS, DEFAULT_BACKENDS
-    from bench.overhead.plan import CPU_C_COLUMN_BATCH, CPU_ROUNDS, DEFAULT_PROBLEMS, MODES
-    from bench.overhead.problem_setup import TINY_PROBLEMS, registered_problems
+    from bench.overhead.plan import (
+        CPU_C_COLUMN_BATCH,
+        CPU_ROUNDS,
+        DEFAULT_PROBLEMS,
+        MODES,
+        add_name_arguments,
+    )
 
     user_backends = [b for b in BACKENDS if b != "pytorch"]
-    problems = registered_problems()
+    options.one_line_errors(parser)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG % {
         "crounds": CPU_ROUNDS,
         "cbatch": CPU_C_COLUMN_BATCH,
         "plan_size": CPU_DEFAULT_PLAN_SIZE,
     }
-    parser.add_argument(
-        "--problems",
-        nargs="+",
-        default=list(DEFAULT_PROBLEMS),
-        metavar="NAME",
-        type=options.one_of_listed(problems, TINY_PROBLEMS, "problem"),
-        help=f"problems (default: {' '.join(DEFAULT_PROBLEMS)}; valid: {', '.join(problems)})",
-    )
-    parser.add_argument(
-        "--quantities",
-        nargs="+",
-        default=list(QUANTITIES),
-        metavar="Q",
-        type=options.one_of(QUANTITIES, "quantity"),
-        help=f"quantities to time (default: all ten: {' '.join(QUANTITIES)}); grad always runs",
-    )
+    add_name_arguments(parser, DEFAULT_PROBLEMS)
     parser.add_argument(
         "--backends",
         nargs="+",

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 from bench import options, results_io
-from bench.overhead.plan import COLUMNS, KEY_COLUMNS, REFERENCE, Measurement
-from bench.overhead.problem_setup import TINY_PROBLEMS, problem_setup, registered_problems
+from bench.overhead.plan import COLUMNS, KEY_COLUMNS, REFERENCE, Measurement, add_name_arguments
+from bench.overhead.problem_setup import problem_setup
 from bench.overhead.run import RunOptions, run_group
-from bench.spec import C_COLUMN_QUANTITIES, GRAD, QUANTITIES
+from bench.spec import C_COLUMN_QUANTITIES, GRAD
 
 PROBLEMS = ("cifar10_3c3d", "cifar100_allcnnc")
 BATCH_SIZE = 128
@@ -230,21 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=options.plain(__doc__.split("\n\n")[1]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    valid = registered_problems()
-    parser.add_argument(
-        "--problems",
-        nargs="+",
-        default=list(PROBLEMS),
-        type=options.one_of_listed(valid, TINY_PROBLEMS, "problem"),
-        help=f"valid: {', '.join(valid)} (default: {' '.join(PROBLEMS)})",
-    )
-    parser.add_argument(
-        "--quantities",
-        nargs="+",
-        default=list(QUANTITIES),
-        type=options.one_of(QUANTITIES, "quantity"),
-        help=f"valid: {', '.join(QUANTITIES)} (default: all)",
-    )
+    options.one_line_errors(parser)
+    add_name_arguments(parser, PROBLEMS)
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 7")
     parser.add_argument(
         "--rounds", type=options.positive_int, help="timed rounds (overrides --quick)"

@@ -192,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=options.plain(__doc__.split("\n\n", 1)[1]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    options.one_line_errors(parser)
     parser.add_argument("--refresh", action="store_true", help="re-measure and store the reference")
     parser.add_argument(
         "--device",

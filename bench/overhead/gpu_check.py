@@ -66,7 +66,7 @@ def cuda_test_files(root: Path = ROOT) -> list[str]:
 
 
 def plan(out: Path, gpu: str) -> list[Part]:
-    """The parts, writing under ``out``; ``gpu`` names the overhead CSV."""
+    """Return the parts, writing under ``out``; ``gpu`` names the overhead CSV."""
     py = sys.executable
     overhead = [
         py, "-m", "bench", "overhead", "--device", "cuda",
@@ -142,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=options.plain(__doc__.split("\n\n", 1)[1]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    options.one_line_errors(parser)
     parser.add_argument("--out", type=options.output_dir, help="a new folder (default: fresh)")
     parser.add_argument(
         "--save-reference",

@@ -170,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=options.plain(__doc__.split("\n\n", 1)[1]),
     )
+    options.one_line_errors(parser)
     valid = registered_problems()
     parser.add_argument(
         "problem",
