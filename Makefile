@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slurm test-fast lint format overhead overhead-table figures gridsearch gridsearch-smoke gate clean
+.PHONY: help install test test-slurm test-fast lint format overhead overhead-table figures gridsearch gridsearch-smoke gate gpu-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -42,13 +42,13 @@ format: $(STAMP) ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) -> results/overhead/ (CPU defaults: ~11 min on 2 cores)
+overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) on this machine -> results/overhead/local/<machine>.csv (untracked; CPU defaults: 89 measurements, 11-15 min on 2 cores)
 	$(VENV)/bin/curvbench overhead $(ARGS)
 
 overhead-table: $(STAMP) ## ours vs BackPACK, per quantity, both networks, batch 128 (the extensions issue's table)
 	$(PY) -m bench.overhead.compare_table $(ARGS)
 
-figures: $(STAMP) ## rebuild plots/ and the REPORT.md files from the committed CSVs
+figures: $(STAMP) ## rebuild plots/ and the REPORT.md files from the committed CSVs (overhead: results/overhead/reference/*.csv)
 	$(VENV)/bin/curvbench figures $(ARGS)
 
 gridsearch: $(STAMP) ## the paper's full alpha/lambda grid (meant for CUDA; resumable)
@@ -60,8 +60,11 @@ gridsearch-smoke: $(STAMP) ## a tiny grid on synthetic data, end to end, with a 
 test-slurm: $(STAMP) ## SLURM executor tests on a real one-node cluster (root; .ci/slurm-setup.sh first)
 	$(PY) -m pytest -q tests/bench/gridsearch/slurm
 
-gate: $(STAMP) ## the CI timing-regression gate alone
+gate: $(STAMP) ## the CI timing-regression gate alone (reference ratios per device type: bench/overhead/reference_ratios.json)
 	$(PY) -m pytest -q -m timing
+
+gpu-check: $(STAMP) ## on a CUDA machine: CUDA tests, a short overhead run, the grid-search smoke; pass/fail per part (< 8 min; ARGS=--save-reference stores results/overhead/reference/<gpu>.csv)
+	$(PY) -m bench.overhead.gpu_check $(ARGS)
 
 clean: ## remove caches (keeps .venv, results and plots)
 	rm -rf .pytest_cache .ruff_cache .benchmarks build *.egg-info

@@ -135,3 +135,21 @@ def collect_environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     env.update(git_commit())
     env["packages"] = package_versions()
     return env
+
+
+def slug(text: str) -> str:
+    """``"NVIDIA H200 NVL"`` -> ``"nvidia-h200-nvl"`` (lower case, runs of other chars -> ``-``)."""
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split()) or "unknown"
+
+
+def machine_slug(device: str | torch.device = "cpu") -> str:
+    """Return a file-name-safe name of the machine a device belongs to, for result files.
+
+    CUDA: the GPU's name (``nvidia-h200``); CPU: the core count (``cpu-2core``), since ratios on a
+    CPU depend mostly on how many cores share the work.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return slug(torch.cuda.get_device_name(index))
+    return f"{device.type}-{os.cpu_count() or 1}core"

@@ -152,3 +152,68 @@ def existing_dir(text: str) -> Path:
         what = "a file, not a folder" if path.exists() else "does not exist"
         raise argparse.ArgumentTypeError(f"{text!r} {what}")
     return path
+
+
+def one_of_listed(
+    listed: Iterable[str], hidden: Iterable[str] = (), what: str = "name"
+) -> Callable[[str], str]:
+    """Like :func:`one_of`, but the names in ``hidden`` are accepted without being listed.
+
+    For names meant for tests and smoke runs only (the tiny problems): the error lists what a
+    user should pick.
+    """
+    listed, hidden = tuple(listed), tuple(hidden)
+
+    def parse(text: str) -> str:
+        if text not in listed and text not in hidden:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; valid: {', '.join(listed)}")
+        return text
+
+    return _named(parse, what)
+
+
+_RST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_RST_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain(text: str | None) -> str | None:
+    """Strip reStructuredText markup from a docstring for terminal help.
+
+    ``:func:`name``` and ``:class:`~a.B``` become ``name`` / ``a.B``, double-backquoted literals
+    lose their quotes; ``None`` stays ``None``.
+    """
+    if text is None:
+        return None
+    return _RST_LITERAL.sub(r"\1", _RST_ROLE.sub(r"\1", text))
+
+
+def device_ok(name: str, prog: str) -> bool:
+    """:func:`require_device`, reporting a missing device as one line on stderr.
+
+    Returns ``False`` (after printing ``<prog>: error: <why>``) when ``name`` is not on this
+    machine, so a command can ``return 2`` before it does any work.
+    """
+    import sys
+
+    try:
+        require_device(name)
+    except DeviceUnavailable as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return False
+    return True
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` report a usage error as one line (``prog: error: ...``), exit code 2.
+
+    argparse prints the whole usage block first; for a bad value the one line naming the option,
+    the value and the valid range is what a user needs (``--help`` still shows the usage).
+    """
+    import sys
+
+    def error(message: str):
+        print(f"{parser.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser

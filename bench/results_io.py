@@ -135,3 +135,75 @@ def upsert_csv(
     """Merge ``rows`` into the CSV at ``path`` by key and rewrite it atomically."""
     merged = merge_rows(read_csv_rows(path), rows, key_columns)
     return atomic_write_csv(path, merged, columns)
+
+
+# --------------------------------------------------------------------------------------------
+# A careful reader: refuses empty, binary and truncated files (added; the functions above are
+# unchanged)
+# --------------------------------------------------------------------------------------------
+
+
+class CSVFileError(ValueError):
+    """A result CSV that cannot be trusted: empty, not text, or cut mid-row.
+
+    ``path`` and ``line`` (1-based, ``None`` for the whole file) say where; ``str(err)`` is one
+    line naming both.
+    """
+
+    def __init__(self, path: str | Path, line: int | None, reason: str):
+        self.path = Path(path)
+        self.line = line
+        self.reason = reason
+        where = f"{self.path}:{line}" if line is not None else str(self.path)
+        super().__init__(f"{where}: {reason}")
+
+
+def read_csv_rows_strict(path: str | Path, required: Sequence[str] = ()) -> list[Row]:
+    """Read a result CSV written by :func:`atomic_write_csv`, refusing anything it cannot be.
+
+    Args:
+        path: the CSV file (must exist).
+        required: columns the header must have.
+
+    Returns:
+        The rows as dicts of strings.
+
+    Raises:
+        CSVFileError: the file is empty, binary (NUL bytes or not UTF-8), lacks a ``required``
+            column, has a row with more or fewer cells than the header, or does not end with a
+            newline (a write cut mid-row). The error names the file and the line.
+
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if not data.strip():
+        raise CSVFileError(path, None, "empty file (no header, no rows)")
+    if b"\0" in data:
+        raise CSVFileError(path, None, "not a CSV text file (contains NUL bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise CSVFileError(path, line, "not a UTF-8 CSV text file") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[Row] = []
+    try:
+        header = next(reader)
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise CSVFileError(path, 1, f"header lacks the column(s) {', '.join(missing)}")
+        for cells in reader:
+            if not cells:  # a blank line
+                continue
+            if len(cells) != len(header):
+                raise CSVFileError(
+                    path,
+                    reader.line_num,
+                    f"row has {len(cells)} cells, the header {len(header)} (truncated or corrupt)",
+                )
+            rows.append(dict(zip(header, cells)))
+    except csv.Error as err:
+        raise CSVFileError(path, reader.line_num, f"unreadable CSV ({err})") from None
+    if not text.endswith("\n"):
+        raise CSVFileError(path, reader.line_num, "last row is cut off (no final newline)")
+    return rows

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from extensions import device_defaults
 from extensions.trace import Record
 
 JacT = Callable[[Record, Tensor], Tensor]
@@ -195,7 +196,7 @@ def linear_kfra(rec: Record, g: Tensor) -> Tensor:
 #: output elements per transposed-convolution call in :func:`conv2d_jac_t`: chunking the
 #: columns bounds the kernel's im2col-sized scratch (2-3x the output unchunked) and runs faster
 #: on CPU (All-CNN-C, 200 columns: 0.29 -> 0.15 s, 239 -> 80 MB)
-JAC_T_CHUNK_ELEMENTS = 2**21
+JAC_T_CHUNK_ELEMENTS = device_defaults.CPU["JAC_T_CHUNK_ELEMENTS"]  # 2**21
 
 
 def conv2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
@@ -210,7 +211,8 @@ def conv2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
         out.shape[-1] - ((w_out - 1) * sw - 2 * pw + dw * (kw - 1) + 1),
     )
     weight = m.weight.detach()
-    rows = max(1, JAC_T_CHUNK_ELEMENTS // max(1, out[0].numel()))
+    elements = device_defaults.tuned("JAC_T_CHUNK_ELEMENTS", flat.device, JAC_T_CHUNK_ELEMENTS)
+    rows = max(1, elements // max(1, out[0].numel()))
     for start in range(0, flat.shape[0], rows):
         out[start : start + rows] = F.conv_transpose2d(
             flat[start : start + rows],

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from extensions import per_sample
+from extensions import device_defaults, per_sample
 
 #: rows per block of :func:`symmetric_gram` (measured on 2 CPU threads: K = 576..1728 runs
 #: 1.3-1.7x faster than one ``u @ u.T``; smaller blocks lose more to matmul overhead)
-GRAM_BLOCK_ROWS = 192
-GRAM_MAX_BLOCKS = 6
+GRAM_BLOCK_ROWS = device_defaults.CPU["GRAM_BLOCK_ROWS"]  # 192
+GRAM_MAX_BLOCKS = device_defaults.CPU["GRAM_MAX_BLOCKS"]  # 6
 
 
 def symmetric_gram(u: Tensor, out: Tensor | None = None) -> Tensor:
@@ -39,7 +39,8 @@ def symmetric_gram(u: Tensor, out: Tensor | None = None) -> Tensor:
 
     """
     k = u.shape[0]
-    blocks = min(GRAM_MAX_BLOCKS, max(1, k // GRAM_BLOCK_ROWS))
+    max_blocks = device_defaults.tuned("GRAM_MAX_BLOCKS", u.device, GRAM_MAX_BLOCKS)
+    blocks = min(max_blocks, max(1, k // GRAM_BLOCK_ROWS))
     if blocks == 1:
         return u @ u.t() if out is None else out.addmm_(u, u.t())
     if out is None:

@@ -32,13 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from extensions import device_defaults
+
 #: target number of elements of one chunk's unfolded input and of its output gradients (chunking
 #: bounds peak memory and keeps the matmul operands cache-sized)
-UNFOLD_CHUNK_ELEMENTS = 2**21
+UNFOLD_CHUNK_ELEMENTS = device_defaults.CPU["UNFOLD_CHUNK_ELEMENTS"]  # 2**21
 #: target number of elements of one chunk's per-sample weight gradients (the sums/squares taken
 #: from them should not stream through main memory; measured on the 3C3D and All-CNN-C convs
 #: with 1 and 10 rows per sample, 2-4 M elements per chunk are fastest)
-ROWS_CHUNK_ELEMENTS = 2**22
+ROWS_CHUNK_ELEMENTS = device_defaults.CPU["ROWS_CHUNK_ELEMENTS"]  # 2**22
 
 
 #: buffers at least this large get transparent huge pages (CPU, Linux)
@@ -208,9 +210,13 @@ def conv2d_chunk_size(x: Tensor, module: nn.Conv2d, g: Tensor, rows: int | None 
     k = module.in_channels * kh * kw
     v = rows or g.shape[0] // x.shape[0]
     t = g.shape[-2] * g.shape[-1]
-    by_unfold = UNFOLD_CHUNK_ELEMENTS // max(k * t, 1)
-    by_grad = UNFOLD_CHUNK_ELEMENTS // max(v * module.out_channels * t, 1)
-    by_rows = ROWS_CHUNK_ELEMENTS // max(v * module.out_channels * k, 1)
+    unfold_elements = device_defaults.tuned(
+        "UNFOLD_CHUNK_ELEMENTS", x.device, UNFOLD_CHUNK_ELEMENTS
+    )
+    rows_elements = device_defaults.tuned("ROWS_CHUNK_ELEMENTS", x.device, ROWS_CHUNK_ELEMENTS)
+    by_unfold = unfold_elements // max(k * t, 1)
+    by_grad = unfold_elements // max(v * module.out_channels * t, 1)
+    by_rows = rows_elements // max(v * module.out_channels * k, 1)
     return max(1, min(x.shape[0], by_unfold, by_grad, by_rows))
 
 
@@ -325,7 +331,8 @@ def conv2d_weight_sum_sq(
     gv = g if g.dim() == 5 else g.unflatten(0, (_rows_per_sample(x, g), n))
     v = gv.shape[0]
     cout, k = module.out_channels, module.weight[0].numel()
-    v_step = max(1, min(v, ROWS_CHUNK_ELEMENTS // (cout * k)))
+    rows_elements = device_defaults.tuned("ROWS_CHUNK_ELEMENTS", x.device, ROWS_CHUNK_ELEMENTS)
+    v_step = max(1, min(v, rows_elements // (cout * k)))
     acc = g.new_zeros(cout, k)
     step = chunk_size or conv2d_chunk_size(x, module, g, rows=v_step)
     for start in range(0, n, step):

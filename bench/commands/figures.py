@@ -1,10 +1,18 @@
-"""``curvbench figures``: rebuild plots/ and the REPORT.md files from the committed results."""
+"""curvbench figures: rebuild plots/ and the REPORT.md files from the committed results.
+
+The overhead figures come from the committed references, results/overhead/reference/*.csv (one
+set of figures per machine); to plot this machine's own run (results/overhead/local/), use
+python -m bench.overhead.figures --csv FILE --plots DIR.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
+
+from bench import options
 
 TARGETS = ("overhead", "gridsearch")
 
@@ -14,8 +22,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "figures",
         help="rebuild plots/ and REPORT.md from results/ (no compute)",
-        description=__doc__,
+        description=options.plain(__doc__),
     )
+    options.one_line_errors(parser)
     parser.add_argument(
         "target",
         nargs="?",
@@ -23,20 +32,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="all",
         help="which figures (default: all)",
     )
-    parser.add_argument("--results", default="results", help="results folder (default: results)")
+    parser.add_argument(
+        "--results",
+        default="results",
+        type=options.existing_dir,
+        help="results folder, must exist (default: results)",
+    )
     parser.add_argument("--plots", default="plots", help="plots folder (default: plots)")
     parser.set_defaults(func=run_command)
     return parser
 
 
 def overhead_figures(results: Path, plots: Path) -> list[Path]:
-    """Figures and REPORT.md of every ``<results>/overhead/*.csv``."""
+    """Figures and REPORT.md of every ``<results>/overhead/reference/*.csv``."""
     from bench.overhead.figures import make_all
     from bench.overhead.report import write_report
 
-    csvs = sorted((results / "overhead").glob("*.csv"))
+    folder = results / "overhead" / "reference"
+    csvs = sorted(folder.glob("*.csv"))
     if not csvs:
-        print(f"figures: no overhead CSV in {results / 'overhead'}; run `curvbench overhead`")
+        print(f"figures: no overhead CSV in {folder}; run `curvbench overhead`")
         return []
     paths = make_all(csvs, plots)
     paths.append(write_report(csvs, results / "overhead" / "REPORT.md"))
@@ -52,10 +67,17 @@ def gridsearch_figures(results: Path, plots: Path) -> list[Path]:
 
 def run_command(args: argparse.Namespace) -> int:
     """Build the chosen figures and print the files written."""
+    from bench.results_io import CSVFileError
+
     results, plots = Path(args.results), Path(args.plots)
     targets = TARGETS if args.target == "all" else (args.target,)
     builders = {"overhead": overhead_figures, "gridsearch": gridsearch_figures}
     for target in targets:
-        for path in builders[target](results, plots):
+        try:
+            written = builders[target](results, plots)
+        except CSVFileError as err:
+            print(f"curvbench figures: error: {err}", file=sys.stderr)
+            return 2
+        for path in written:
             print(path)
     return 0

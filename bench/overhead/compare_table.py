@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
-from bench import results_io
-from bench.overhead.plan import COLUMNS, KEY_COLUMNS, REFERENCE, Measurement
+from bench import options, results_io
+from bench.overhead.plan import COLUMNS, KEY_COLUMNS, REFERENCE, Measurement, add_name_arguments
 from bench.overhead.problem_setup import problem_setup
 from bench.overhead.run import RunOptions, run_group
-from bench.spec import C_COLUMN_QUANTITIES, GRAD, QUANTITIES
+from bench.spec import C_COLUMN_QUANTITIES, GRAD
 
 PROBLEMS = ("cifar10_3c3d", "cifar100_allcnnc")
 BATCH_SIZE = 128
@@ -227,15 +227,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the ours-vs-BackPACK table."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.overhead.compare_table",
-        description=__doc__.split("\n\n")[1],
+        description=options.plain(__doc__.split("\n\n")[1]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS))
-    parser.add_argument("--quantities", nargs="+", default=list(QUANTITIES), choices=QUANTITIES)
+    options.one_line_errors(parser)
+    add_name_arguments(parser, PROBLEMS)
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 7")
-    parser.add_argument("--rounds", type=int, help="timed rounds (overrides --quick)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=options.positive_int, help="timed rounds (overrides --quick)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        type=options.device,
+        help="cpu, cuda, cuda:N (default: cuda if any)",
+    )
+    parser.add_argument("--threads", type=options.positive_int, default=2)
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument(
         "--csv",
@@ -245,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the markdown table to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    if not options.device_ok(args.device, parser.prog):
+        return 2
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (2 if args.quick else 7)
     rows = measure(args.problems, args.quantities, args.device, rounds, args.memory, args.csv)

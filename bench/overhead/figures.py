@@ -1,7 +1,7 @@
 """Figures of the overhead benchmark from its CSV (no compute): Fig. 6, Fig. 3 and peak memory.
 
-    curvbench figures overhead        # results/overhead/*.csv -> plots/overhead_*.{pdf,png}
-    python -m bench.overhead.figures --csv results/overhead/cpu.csv --plots plots
+    curvbench figures overhead        # results/overhead/reference/*.csv -> plots/overhead_*
+    python -m bench.overhead.figures --csv results/overhead/local/cpu-2core.csv --plots plots/local
 
 * ``overhead_fig6``: per problem (rows) and batch size (columns), the median step time of each
   quantity (x) for ours, BackPACK and BackPACK's save-memory path (bars, IQR whiskers), with the
@@ -12,6 +12,10 @@
 
 ICLR-sized (tueplots), fixed colour per backend, PDF and PNG, no LaTeX; PDFs carry no creation
 date so they rebuild byte-stably.
+
+Every (device, machine) gets its own figures (the machine is the CSV's file stem, e.g.
+``cpu-2core``): with one, the files are ``overhead_<figure>_<mode>.{pdf,png}``; with several,
+each name ends in ``_<machine>`` (``_<machine>-<device>`` where one CSV holds several devices).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench import results_io  # noqa: E402
 from bench.plotting import figsize, save, style  # noqa: E402
 from bench.spec import GRAD, QUANTITIES  # noqa: E402
 
@@ -73,9 +78,21 @@ FIG6_BACKENDS = ("ours", "backpack", "backpack_savemem")
 FIG3_BACKENDS = ("loop", "ours", "backpack", "backpack_savemem", "torch.func", "opacus")
 
 
+#: columns a CSV must have to be an overhead result
+REQUIRED_COLUMNS = ("problem", "batch_size", "backend", "quantity", "mode", "device", "status")
+
+
 def load(csv_paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Read and concatenate overhead CSVs (numeric columns parsed)."""
-    frames = [pd.read_csv(p) for p in csv_paths]
+    """Read and concatenate overhead CSVs (numeric columns parsed; ``machine`` = file stem).
+
+    Raises:
+        results_io.CSVFileError: a file is empty, binary, truncated or not an overhead CSV.
+
+    """
+    frames = []
+    for p in csv_paths:
+        results_io.read_csv_rows_strict(p, REQUIRED_COLUMNS)  # refuse torn files, say where
+        frames.append(pd.read_csv(p).assign(machine=Path(p).stem))
     if not frames:
         raise FileNotFoundError("no overhead CSV given")
     df = pd.concat(frames, ignore_index=True)
@@ -101,7 +118,9 @@ def _grid(nrows: int, ncols: int):
     return fig, axes
 
 
-def fig6(df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean") -> list[Path]:
+def fig6(
+    df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean", suffix: str = ""
+) -> list[Path]:
     """Time per quantity, per problem (rows) and batch size (columns); gradient as a line."""
     data = _ok(df[df["mode"] == mode])
     problems = list(dict.fromkeys(data["problem"]))
@@ -123,6 +142,7 @@ def fig6(df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean") -> list[P
             x = np.arange(len(quantities))
             for k, backend in enumerate(FIG6_BACKENDS):
                 rows = panel[panel["backend"] == backend].set_index("quantity")
+                rows = rows[~rows.index.duplicated(keep="last")]
                 heights = [rows["median_s"].get(q, np.nan) for q in quantities]
                 errors = [rows["iqr_s"].get(q, np.nan) / 2 for q in quantities]
                 ax.bar(
@@ -150,10 +170,12 @@ def fig6(df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean") -> list[P
                 ax.set_ylabel("time / step [s]")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=4, frameon=False)
-    return save(fig, plots_dir, f"overhead_fig6_{mode}")
+    return save(fig, plots_dir, f"overhead_fig6_{mode}{suffix}")
 
 
-def fig3(df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean") -> list[Path]:
+def fig3(
+    df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean", suffix: str = ""
+) -> list[Path]:
     """Individual gradients over batch size: loop vs ours vs BackPACK vs peers vs gradient."""
     data = _ok(df[df["mode"] == mode])
     problems = [p for p in dict.fromkeys(data["problem"]) if (data["problem"] == p).any()]
@@ -189,10 +211,12 @@ def fig3(df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean") -> list[P
     axes[0][0].set_ylabel("time / step [s]")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=4, frameon=False)
-    return save(fig, plots_dir, f"overhead_fig3_{mode}")
+    return save(fig, plots_dir, f"overhead_fig3_{mode}{suffix}")
 
 
-def memory(df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean") -> list[Path]:
+def memory(
+    df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean", suffix: str = ""
+) -> list[Path]:
     """Peak memory per quantity and backend, at the largest batch size measured."""
     data = _ok(df[df["mode"] == mode]).dropna(subset=["peak_mem_mb"])
     problems = list(dict.fromkeys(data["problem"]))
@@ -234,25 +258,41 @@ def memory(df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean") -> list
         )
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=4, frameon=False)
-    return save(fig, plots_dir, f"overhead_memory_{mode}")
+    return save(fig, plots_dir, f"overhead_memory_{mode}{suffix}")
+
+
+def sections(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Split ``df`` by (machine, device), in order: ``[(suffix, rows)]``.
+
+    The suffix is ``""`` when there is one section, else ``machine`` (``machine-device`` for a
+    machine whose CSV holds several devices).
+    """
+    keys = list(dict.fromkeys(zip(df["machine"], df["device"])))
+    if len(keys) == 1:
+        return [("", df)]
+    machines = [m for m, _ in keys]
+    out = []
+    for machine, device in keys:
+        suffix = machine if machines.count(machine) == 1 else f"{machine}-{device}"
+        out.append((suffix, df[(df["machine"] == machine) & (df["device"] == device)]))
+    return out
 
 
 def make_all(csv_paths: Sequence[str | Path], plots_dir: str | Path) -> list[Path]:
-    """Every overhead figure for every timing mode in the CSVs."""
+    """Every overhead figure for every (machine, device) and timing mode in the CSVs."""
     style()
-    df = load(csv_paths)
     paths: list[Path] = []
-    for mode in dict.fromkeys(df["mode"]):
-        paths += fig6(df, plots_dir, mode)
-        paths += fig3(df, plots_dir, mode)
-        paths += memory(df, plots_dir, mode)
+    for suffix, df in sections(load(csv_paths)):
+        for mode in dict.fromkeys(df["mode"]):
+            for builder in (fig6, fig3, memory):
+                paths += builder(df, plots_dir, mode, suffix=f"_{suffix}" if suffix else "")
     return paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m bench.overhead.figures --csv ... --plots ...``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", nargs="+", default=["results/overhead/cpu.csv"])
+    parser.add_argument("--csv", nargs="+", default=["results/overhead/reference/cpu-2core.csv"])
     parser.add_argument("--plots", default="plots")
     args = parser.parse_args(argv)
     for path in make_all(args.csv, args.plots):

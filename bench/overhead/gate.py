@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench import results_io
+from bench import options, results_io
 from bench.environment import collect_environment
 from bench.overhead.plan import REFERENCE, Measurement
 from bench.overhead.run import RunOptions, run_group
@@ -188,16 +188,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Check (default) or refresh the reference ratios."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.overhead.gate",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=options.plain(__doc__.split("\n\n")[0]),
+        epilog=options.plain(__doc__.split("\n\n", 1)[1]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    options.one_line_errors(parser)
     parser.add_argument("--refresh", action="store_true", help="re-measure and store the reference")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, help=f"timed rounds (check {ROUNDS}, refresh 2x)")
-    parser.add_argument("--repeats", type=int, default=3, help="refresh: median of this many runs")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        type=options.device,
+        help="cpu, cuda, cuda:N; the reference is kept per device type (default: cpu)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=options.positive_int,
+        help=f"timed rounds (check {ROUNDS}, refresh 2x)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=options.positive_int,
+        default=3,
+        help="refresh: median of this many runs",
+    )
     parser.add_argument("--reference", default=str(REFERENCE_PATH))
     args = parser.parse_args(argv)
+    if not options.device_ok(args.device, parser.prog):
+        return 2
     torch.set_num_threads(THREADS)
     if args.refresh:
         ratios = refresh(args.reference, args.device, args.rounds or 2 * ROUNDS, args.repeats)

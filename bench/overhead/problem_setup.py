@@ -75,6 +75,13 @@ def _registry_data(name: str, device: torch.device, batch_size: int) -> Any:
     return problems.get(name).data(source="synthetic", device=device, batch_size=batch_size)
 
 
+def registered_problems() -> tuple[str, ...]:
+    """Return the problems a user can pick (``problems.names()``; not the tiny test problems)."""
+    import problems
+
+    return tuple(problems.names())
+
+
 def problem_setup(name: str) -> ProblemSetup:
     """Return the setup of a registered problem (``problems.get``) or a tiny test problem."""
     if name in TINY_PROBLEMS:
@@ -84,9 +91,9 @@ def problem_setup(name: str) -> ProblemSetup:
         )
     import problems
 
-    valid = (*problems.names(), *TINY_PROBLEMS)
-    if name not in valid:
-        raise ValueError(f"unknown problem {name!r}; valid problems: {', '.join(valid)}")
+    if name not in problems.names():
+        valid = ", ".join(problems.names())
+        raise ValueError(f"unknown problem {name!r}; valid problems: {valid}")
     problem = problems.get(name)
     return ProblemSetup(
         name,

@@ -13,6 +13,10 @@ little overhead; the ranges nest, so indented rows are parts of the row above). 
 page faults per step are listed too: on CPU, fresh large allocations cost page faults that a
 plain gradient step may or may not pay, depending on the allocator's state.
 
+On CUDA every time is device time: a step's time comes from CUDA events around it, and a range's
+from the profiler's device (kernel) time inside it, not the host's launch time (which returns
+long before the kernels finish).
+
 ``--trace FILE`` also writes a Chrome trace of the profiled steps (``chrome://tracing``).
 """
 
@@ -31,8 +35,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bench.overhead.problem_setup import problem_setup
-from bench.overhead.timing import synchronize, time_call
+from bench import options
+from bench.overhead.problem_setup import TINY_PROBLEMS, problem_setup, registered_problems
+from bench.overhead.timing import device_time_call, synchronize
 from bench.spec import QUANTITIES
 
 PREFIXES = ("step::", "extensions::")
@@ -53,12 +58,22 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _ranges(prof: profile, steps: int) -> dict[str, float]:
+def event_seconds(event: object, device: torch.device) -> float:
+    """Return an event's inclusive seconds: device (kernel) time on CUDA, else CPU time."""
+    if device.type == "cuda":
+        us = getattr(event, "device_time_total", None)
+        if us is None:  # torch < 2.4
+            us = event.cuda_time_total
+        return us / 1e6
+    return event.cpu_time_total / 1e6
+
+
+def _ranges(prof: profile, steps: int, device: torch.device) -> dict[str, float]:
     """Inclusive seconds per step of every ``step::`` / ``extensions::`` range."""
     totals: dict[str, float] = defaultdict(float)
     for event in prof.events():
         if event.name.startswith(PREFIXES):
-            totals[event.name] += event.cpu_time_total / 1e6
+            totals[event.name] += event_seconds(event, device)
     return {name: t / steps for name, t in totals.items()}
 
 
@@ -100,7 +115,7 @@ def profile_variant(
     with context:
         step()  # warm-up
         faults = _minor_faults()
-        walls = [time_call(step, device) for _ in range(steps)]
+        walls = [device_time_call(step, device) for _ in range(steps)]
         faults = (_minor_faults() - faults) / steps
         activities = [ProfilerActivity.CPU]
         if device.type == "cuda":
@@ -111,7 +126,7 @@ def profile_variant(
             synchronize(device)
     if trace:
         prof.export_chrome_trace(trace)
-    return StepProfile(label, statistics.median(walls), faults, _ranges(prof, steps))
+    return StepProfile(label, statistics.median(walls), faults, _ranges(prof, steps, device))
 
 
 def _depth(name: str) -> int:
@@ -128,7 +143,7 @@ def render(grad: StepProfile, ours: StepProfile) -> str:
     ]
     for prof in (grad, ours):
         lines.append(
-            f"| **{prof.label}** (wall, unprofiled; {prof.minor_faults:,.0f} minor page faults)"
+            f"| **{prof.label}** (step, unprofiled; {prof.minor_faults:,.0f} minor page faults)"
             f" | {prof.wall_s * 1e3:.1f} | {prof.wall_s / grad.wall_s:.2f} |"
         )
         for name, seconds in prof.ranges.items():
@@ -151,30 +166,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Profile one quantity of ours against the plain gradient and print the table."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.overhead.profile_step",
-        description=__doc__.split("\n\n")[0],
+        description=options.plain(__doc__.split("\n\n")[0]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
+        epilog=options.plain(__doc__.split("\n\n", 1)[1]),
     )
-    parser.add_argument("problem", help="e.g. cifar10_3c3d, cifar100_allcnnc")
+    options.one_line_errors(parser)
+    valid = registered_problems()
     parser.add_argument(
-        "quantity", choices=QUANTITIES, metavar="quantity", help=", ".join(QUANTITIES)
+        "problem",
+        type=options.one_of_listed(valid, TINY_PROBLEMS, "problem"),
+        help=", ".join(valid),
     )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3, help="timed and profiled steps (each)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "quantity",
+        type=options.one_of(QUANTITIES, "quantity"),
+        metavar="quantity",
+        help=", ".join(QUANTITIES),
+    )
+    parser.add_argument("--batch-size", type=options.positive_int, default=128)
+    parser.add_argument(
+        "--steps", type=options.positive_int, default=3, help="timed and profiled steps (each)"
+    )
+    parser.add_argument("--threads", type=options.positive_int, default=2)
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        type=options.device,
+        help="cpu, cuda, cuda:N (default: cuda if any)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", help="write a Chrome trace of the quantity's profiled steps")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be >= 1")
+    if not options.device_ok(args.device, parser.prog):
+        return 2
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    try:
-        setup = problem_setup(args.problem)
-    except ValueError as err:
-        parser.error(str(err))
+    setup = problem_setup(args.problem)
 
     import extensions
 
@@ -192,9 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             extensions.collect(model, loss_fn, args.quantity),
             trace=args.trace,
         )
+    clock = "device time (CUDA events, profiler device time)" if device.type == "cuda" else "wall"
     print(
         f"{args.problem}, batch {args.batch_size}, {device}, {args.threads} threads, "
-        f"torch {torch.__version__}, {args.steps} steps each\n"
+        f"torch {torch.__version__}, {args.steps} steps each, {clock}\n"
     )
     print(render(grad, ours))
     return 0

@@ -1,7 +1,10 @@
 """Write ``results/overhead/REPORT.md``: our ratios beside BackPACK's, the peers' and the paper's.
 
     curvbench figures overhead      # also writes the report
-    python -m bench.overhead.report --csv results/overhead/cpu.csv --out results/overhead/REPORT.md
+    python -m bench.overhead.report --csv results/overhead/local/cpu-2core.csv --out REPORT.md
+
+With CSVs of several (device, machine) pairs the report has one section per pair, each with its
+own environment line (from that CSV's sidecar).
 
 The paper's ratios (median time / median gradient time, GPU, data loading inside the timed call)
 are the ones recomputed from its raw benchmark pickles (``shared/spec/overhead.md`` §4.2); the
@@ -20,7 +23,13 @@ from pathlib import Path
 import pandas as pd
 
 from bench import results_io
-from bench.overhead.figures import BACKEND_LABELS, PROBLEM_LABELS, QUANTITY_LABELS, load
+from bench.overhead.figures import (
+    BACKEND_LABELS,
+    PROBLEM_LABELS,
+    QUANTITY_LABELS,
+    load,
+    sections,
+)
 from bench.spec import C_COLUMN_QUANTITIES, GRAD, QUANTITIES
 
 #: Paper ratios to the gradient, BackPACK 1.0 on an unnamed GPU (spec overhead.md §4.2).
@@ -200,7 +209,7 @@ def render(df: pd.DataFrame, meta: dict | None, csv_name: str) -> str:
     env = (meta or {}).get("environment", {})
     config = (meta or {}).get("config", {})
     lines = [
-        "# Overhead benchmark: one training step with a quantity vs. the plain gradient",
+        TITLE,
         "",
         f"Source: `{csv_name}` (rebuild with `curvbench figures overhead`; "
         "measure with `curvbench overhead`).",
@@ -248,19 +257,39 @@ def render(df: pd.DataFrame, meta: dict | None, csv_name: str) -> str:
     return "\n".join(lines)
 
 
+TITLE = "# Overhead benchmark: one training step with a quantity vs. the plain gradient"
+
+
+def render_sections(parts: Sequence[tuple[str, pd.DataFrame, dict | None, str]]) -> str:
+    """Render the report of several (label, rows, sidecar, csv name) sections, one per machine."""
+    if len(parts) == 1:
+        _, df, meta, name = parts[0]
+        return render(df, meta, name)
+    lines = [TITLE, "", f"One section per (machine, device): {', '.join(p[0] for p in parts)}.", ""]
+    for label, df, meta, name in parts:
+        body = render(df, meta, name).split("\n")[2:]  # without the title
+        lines += [f"## {label}", ""]
+        lines += ["#" + line if line.startswith("## ") else line for line in body]
+    return "\n".join(lines)
+
+
 def write_report(csv_paths: Sequence[str | Path], out: str | Path) -> Path:
-    """Render the report of ``csv_paths`` (sidecar of the first) and write it atomically."""
-    df = load(csv_paths)
-    first = Path(csv_paths[0])
-    meta = results_io.read_json(first.with_suffix(".json"))
-    names = ", ".join(Path(p).name for p in csv_paths)
-    return results_io.atomic_write_text(out, render(df, meta, names))
+    """Render the report of ``csv_paths`` (each CSV with its sidecar) and write it atomically."""
+    parts = []
+    for path in map(Path, csv_paths):
+        meta = results_io.read_json(path.with_suffix(".json"))
+        split = sections(load([path]))
+        for _, df in split:
+            parts.append((f"{path.stem} ({df['device'].iloc[0]})", df, meta, path.name))
+    if not parts:
+        raise FileNotFoundError("no overhead CSV given")
+    return results_io.atomic_write_text(out, render_sections(parts))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m bench.overhead.report --csv ... --out ...``."""
     parser = argparse.ArgumentParser(description="Write the overhead REPORT.md from CSVs.")
-    parser.add_argument("--csv", nargs="+", default=["results/overhead/cpu.csv"])
+    parser.add_argument("--csv", nargs="+", default=["results/overhead/reference/cpu-2core.csv"])
     parser.add_argument("--out", default="results/overhead/REPORT.md")
     args = parser.parse_args(argv)
     print(write_report(args.csv, args.out))

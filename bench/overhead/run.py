@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from bench import results_io
-from bench.environment import collect_environment
+from bench.environment import collect_environment, device_info
 from bench.overhead.backends import BaseBackend, Step, get_backend
+from bench.overhead.numerics import NONDETERMINISTIC_MESSAGE, Numerics
 from bench.overhead.plan import (
     COLUMNS,
     CPU_ROUNDS,
@@ -39,9 +40,10 @@ from bench.overhead.plan import (
 )
 from bench.overhead.problem_setup import ProblemSetup, problem_setup
 from bench.overhead.timing import (
-    SubprocessError,
-    cuda_peak_memory_mb,
+    CapturedError,
+    cuda_peak_memory_from_empty_mb,
     interleaved_times,
+    release_memory,
     subprocess_peak_rss_mb,
 )
 
@@ -49,22 +51,38 @@ from bench.overhead.timing import (
 PRELOAD = ("torch", "bench.overhead.backends", "backpack", "opacus", "problems")
 
 
+#: lower-case message fragments of allocation failures: the caching allocator's, the OS's, and
+#: cuBLAS/cuDNN failing to allocate their workspaces (raised as plain RuntimeErrors)
+OOM_FRAGMENTS = (
+    "out of memory",
+    "can't allocate memory",
+    "not enough memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cudnn_status_not_enough_workspace",
+)
+
+
 def classify_error(err: BaseException) -> str:
     """Map a failure to its row status: ``oom``, ``unsupported`` or ``error``."""
     names = {cls.__name__ for cls in type(err).__mro__} | set(getattr(err, "type_names", ()))
     text = str(err).lower()
     if names & {"OutOfMemoryError", "MemoryBudgetError", "MemoryError"} or any(
-        s in text for s in ("out of memory", "can't allocate memory", "not enough memory")
+        s in text for s in OOM_FRAGMENTS
     ):
         return "oom"
-    if names & {"UnsupportedModuleError", "NotImplementedError"} or "not supported" in text:
+    if (
+        names & {"UnsupportedModuleError", "NotImplementedError"}
+        or "not supported" in text
+        or NONDETERMINISTIC_MESSAGE in text
+    ):
         return "unsupported"
     return "error"
 
 
 def describe_error(err: BaseException) -> str:
     """Return ``Type: message`` of a failure (a measuring process's error already has it)."""
-    if isinstance(err, SubprocessError):
+    if isinstance(err, CapturedError):
         return str(err)
     return f"{type(err).__name__}: {err}"
 
@@ -119,7 +137,7 @@ def memory_step_factory(m_dict: dict[str, Any], seed: int) -> Callable[[], None]
 
 @dataclass
 class RunOptions:
-    """How to measure: rounds, warm-up, memory, seed."""
+    """How to measure: rounds, warm-up, memory, seed, numeric flags."""
 
     rounds: int = CPU_ROUNDS
     warmup: int = 1
@@ -128,6 +146,7 @@ class RunOptions:
     mem_cap_gb: float | None = 10.0
     probe_timeout_s: float | None = None
     seed: int = 0
+    numerics: Numerics = Numerics()
 
 
 def kfra_over_cap(setup: ProblemSetup, cap_bytes: int) -> str | None:
@@ -148,6 +167,29 @@ def kfra_over_cap(setup: ProblemSetup, cap_bytes: int) -> str | None:
     except MemoryBudgetError as err:
         return str(err)
     return None
+
+
+def cuda_step_peak_mb(
+    m: Measurement,
+    setup: ProblemSetup,
+    batches: Callable[[], tuple[Tensor, Tensor]],
+    options: RunOptions,
+    device: torch.device,
+) -> float:
+    """Peak CUDA memory of variant ``m`` built from the empty state (the staged batches exist)."""
+    built: list[Step] = []
+
+    def build() -> Callable[[], None]:
+        built.append(build_step(setup, get_backend(m.backend), m.quantity, device, options.seed))
+        return _timed_call(built[-1], batches)
+
+    def release(_: Any) -> None:
+        for step in built:
+            step.clear()
+            step.close()
+        built.clear()
+
+    return cuda_peak_memory_from_empty_mb(build, device, options.memory_steps, release)
 
 
 def _row(m: Measurement, status: str, message: str = "", **values: Any) -> dict[str, Any]:
@@ -173,6 +215,7 @@ def run_group(
 
     """
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    options.numerics.apply()  # the same flags for the reference and every variant
     progress = progress or (lambda _: None)
     first = measurements[0]
     device = torch.device(first.device)
@@ -227,6 +270,7 @@ def run_group(
             )
         except Exception as err:
             rows[m.variant] = _row(m, classify_error(err), describe_error(err))
+    options.numerics.apply()  # again: a backend's construction must not change them
     result = interleaved_times(
         {name: _timed_call(step, batches) for name, step in steps.items()},
         options.rounds,
@@ -234,6 +278,7 @@ def run_group(
         device=device,
         after={name: step.clear for name, step in steps.items()},
         on_call=lambda _: progress(1),
+        on_error={name: step.clear for name, step in steps.items()},
     )
     for name, err in result.errors.items():
         failed = steps.pop(name)
@@ -243,17 +288,23 @@ def run_group(
         rows[name] = _row(m, classify_error(err), describe_error(err))
 
     if options.memory and device.type == "cuda":
-        for name, step in steps.items():
+        # one protocol for every backend: free everything timed above, then build each variant
+        # afresh from the same empty state (see ``cuda_peak_memory_from_empty_mb``)
+        for step in steps.values():
+            step.clear()
+            step.close()
+        names = list(steps)
+        steps.clear()
+        release_memory(device)
+        for name in names:
+            m = next(x for x in runnable if x.variant == name)
             try:
-                call = _timed_call(step, batches)
                 memory[name] = (
-                    cuda_peak_memory_mb(call, device, options.memory_steps),
-                    "cuda_max_memory_allocated",
+                    cuda_step_peak_mb(m, setup, batches, options, device),
+                    "cuda_max_memory_allocated_from_empty",
                 )
             except Exception as err:
-                memory[name] = (float("nan"), f"failed: {type(err).__name__}")
-            finally:
-                step.clear()
+                memory[name] = (float("nan"), f"failed: {classify_error(err)}")
 
     ref = "/".join(REFERENCE)
     grad_median = result.summary(ref).median_s if ref in result.times else float("nan")
@@ -286,9 +337,76 @@ def run_group(
 # --------------------------------------------------------------------------------------------
 
 
+#: Bump when timing semantics change (timing or memory protocol, numeric flags, what a ratio
+#: means): a CSV written under another version is never resumed into. Commits between two bumps
+#: are the "compatible commit range" of a results file. 2: memory from the empty state on CUDA,
+#: explicit TF32/cuDNN flags.
+FINGERPRINT_VERSION = 2
+#: the fingerprint's fields that must match for a resume
+FINGERPRINT_FIELDS = ("version", "device_type", "device_name", "torch", "num_threads", "numerics")
+
+
+def fingerprint(device: str | torch.device, numerics: Numerics | None = None) -> dict[str, Any]:
+    """Return what must be equal for two runs' rows to share a CSV (:data:`FINGERPRINT_FIELDS`)."""
+    info = device_info(device)
+    return {
+        "version": FINGERPRINT_VERSION,
+        "device_type": info["device_type"],
+        "device_name": info["device_name"],
+        "torch": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+        "numerics": asdict(numerics or Numerics()),
+    }
+
+
+def fingerprint_mismatch(path: Path, current: Mapping[str, Any]) -> str | None:
+    """Why the CSV at ``path`` may not be resumed into (its sidecar's fingerprint), or ``None``."""
+    meta = results_io.read_json(path.with_suffix(".json"), default=None)
+    stored = (meta or {}).get("fingerprint")
+    if not isinstance(stored, dict):
+        return "its sidecar records no environment fingerprint"
+    diffs = [
+        f"{k} {stored.get(k)!r} != {current.get(k)!r}"
+        for k in FINGERPRINT_FIELDS
+        if stored.get(k) != current.get(k)
+    ]
+    return "; ".join(diffs) or None
+
+
 def csv_path(out_dir: str | Path, name: str) -> Path:
     """``<out_dir>/<name>.csv``."""
     return Path(out_dir) / f"{name}.csv"
+
+
+def resume_target(out_dir: str | Path, name: str, current: Mapping[str, Any]) -> Path:
+    """Return the CSV to write: ``<name>.csv`` unless it holds another fingerprint's rows.
+
+    Then the first ``<name>-<k>.csv`` that is absent or of the same fingerprint (the reason is
+    printed). Raises ``results_io.CSVFileError`` for a truncated or corrupt CSV that would be
+    resumed into.
+    """
+    path = csv_path(out_dir, name)
+    k = 1
+    while path.exists():
+        why = fingerprint_mismatch(path, current)
+        if why is None:
+            results_io.read_csv_rows_strict(path, KEY_COLUMNS)  # never resume past a torn row
+            return path
+        k += 1
+        new = csv_path(out_dir, f"{name}-{k}")
+        print(f"overhead: not resuming {path} ({why}); writing {new}")
+        path = new
+    return path
+
+
+def status_counts(path: str | Path, plan: Sequence[Measurement]) -> dict[str, int]:
+    """Status -> number of the plan's rows in the CSV at ``path``."""
+    keys = {m.key for m in plan}
+    counts: dict[str, int] = {}
+    for row in results_io.read_csv_rows(path):
+        if results_io.row_key(row, KEY_COLUMNS) in keys:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
 
 
 def run(
@@ -306,8 +424,9 @@ def run(
     Args:
         plan: the measurements (see :func:`default_plan`).
         options: rounds, warm-up, memory.
-        out_dir: output folder (``results/overhead``).
-        name: file stem: ``<name>.csv`` and ``<name>.json``.
+        out_dir: output folder (default of the CLI: ``results/overhead/local``).
+        name: file stem: ``<name>.csv`` and ``<name>.json``; an existing ``<name>.csv`` of another
+            environment fingerprint is left alone and ``<name>-2.csv`` (...) is written instead.
         redo: re-measure rows that already exist (default: skip them).
         config: the run's configuration, stored in the sidecar.
         show_progress: a tqdm bar over the calls.
@@ -315,12 +434,16 @@ def run(
     Returns:
         The CSV path.
 
+    Raises:
+        results_io.CSVFileError: the CSV to resume into is truncated or corrupt (file and line).
+
     """
     from tqdm.auto import tqdm
 
-    path = csv_path(out_dir, name)
-    sidecar = path.with_suffix(".json")
     device = plan[0].device if plan else "cpu"
+    current = fingerprint(device, options.numerics)
+    path = resume_target(out_dir, name, current)
+    sidecar = path.with_suffix(".json")
     done = set() if redo else results_io.existing_keys(path, KEY_COLUMNS)
     todo: list[list[Measurement]] = []
     for group in groups_of(plan).values():
@@ -336,6 +459,8 @@ def run(
     calls = sum(per_variant for g in todo for m in g if available[m.backend])
     env = collect_environment(device)
     meta = {
+        "fingerprint": current,
+        "numerics": options.numerics.record(),
         "environment": env,
         "config": config or {},
         "run_options": asdict(options),

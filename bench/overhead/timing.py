@@ -18,6 +18,7 @@ import resource
 import signal
 import statistics
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +76,40 @@ class Summary:
         return cls(statistics.median(values), q3 - q1, values[0], len(values))
 
 
+class CapturedError(RuntimeError):
+    """A failure kept as text plus its exception type names, without the original's frames.
+
+    A stored exception keeps its traceback, and the traceback every local of the failing call: an
+    out-of-memory variant's tensors would stay alive and make the next variant run out of memory
+    too. ``type_names`` holds the class names of the original exception's MRO, so callers can
+    still classify it (e.g. out-of-memory); ``str()`` is ``Type: message``.
+    """
+
+    def __init__(self, type_names: Sequence[str], message: str):
+        self.type_names = tuple(type_names)
+        super().__init__(f"{self.type_names[0]}: {message}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.type_names, str(self).split(": ", 1)[-1]))
+
+    @classmethod
+    def of(cls, err: BaseException) -> CapturedError:
+        """Capture ``err``'s type names and message and clear the frames of its traceback."""
+        if isinstance(err, CapturedError):
+            return cls(err.type_names, str(err).split(": ", 1)[-1])
+        captured = cls([c.__name__ for c in type(err).__mro__], str(err))
+        for chained in (err, err.__cause__, err.__context__):
+            if chained is not None and chained.__traceback__ is not None:
+                traceback.clear_frames(chained.__traceback__)
+        return captured
+
+
 @dataclass
 class InterleavedResult:
-    """Per-variant round times, and the exception of each variant that failed."""
+    """Per-variant round times, and the (captured) failure of each variant that failed."""
 
     times: dict[str, list[float]]
-    errors: dict[str, BaseException]
+    errors: dict[str, CapturedError]
 
     def summary(self, name: str) -> Summary:
         """Summarise variant ``name``'s rounds."""
@@ -96,6 +125,7 @@ def interleaved_times(
     after: Mapping[str, Callable[[], Any]] | None = None,
     on_call: Callable[[str], Any] | None = None,
     catch: tuple[type[BaseException], ...] = (Exception,),
+    on_error: Mapping[str, Callable[[], Any]] | None = None,
 ) -> InterleavedResult:
     """Time every function in ``fns`` ``rounds`` times, round-robin with rotating order.
 
@@ -108,17 +138,22 @@ def interleaved_times(
             releasing the step's results so that they do not pile up across variants).
         on_call: optional callback with the variant name after each call (progress bars).
         catch: exceptions that drop a variant (recorded in ``errors``) instead of aborting.
+        on_error: optional variant name -> callable run once when that variant fails (e.g.
+            dropping its gradients), before memory is released for the next variant.
 
     Returns:
-        The timed rounds of every variant that never failed, and the errors of those that did.
+        The timed rounds of every variant that never failed, and the errors of those that did
+        (as :class:`CapturedError`: message and type names, no frames, so nothing of the failed
+        call stays alive).
 
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     after = after or {}
+    on_error = on_error or {}
     names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in names}
-    errors: dict[str, BaseException] = {}
+    errors: dict[str, CapturedError] = {}
     for round_index in range(warmup + rounds):
         for name in rotated_order(names, round_index):
             if name in errors:
@@ -128,20 +163,23 @@ def interleaved_times(
                 if name in after:
                     after[name]()
             except catch as err:  # the variant fails, the run goes on
-                errors[name] = err
-                times.pop(name, None)
-                _release_memory(device)
-                continue
+                errors[name] = CapturedError.of(err)
             finally:
                 if on_call is not None:
                     on_call(name)
+            if name in errors:  # outside the except block: the exception and its frames are gone
+                times.pop(name, None)
+                if name in on_error:
+                    on_error[name]()
+                release_memory(device)
+                continue
             if round_index >= warmup:
                 times[name].append(elapsed)
     return InterleavedResult({k: v for k, v in times.items() if k not in errors}, errors)
 
 
-def _release_memory(device: str | torch.device) -> None:
-    """Collect garbage and return cached device memory after a failure."""
+def release_memory(device: str | torch.device) -> None:
+    """Collect garbage and return cached device memory (after a failure, between variants)."""
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
@@ -163,6 +201,65 @@ def cuda_peak_memory_mb(fn: Callable[[], Any], device: str | torch.device, steps
         fn()
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def cuda_peak_memory_from_empty_mb(
+    build: Callable[[], Callable[[], Any]],
+    device: str | torch.device,
+    steps: int = 2,
+    release: Callable[[Any], Any] | None = None,
+) -> float:
+    """Peak CUDA memory of a variant built from the empty state, in MB: one protocol for all.
+
+    Memory is released (``gc`` + ``empty_cache``), the peak counter reset and the baseline read
+    *before* ``build()`` creates the variant's model, hooks and any pooled buffers; then
+    ``steps`` calls run. The peak above the baseline therefore counts the model, a backend's
+    persistent buffers (ours' pooled scratch) and its per-step allocations (BackPACK's) alike.
+
+    Args:
+        build: returns the variant's zero-argument step call (builds model and backend).
+        device: the CUDA device.
+        steps: calls measured (two: the second sees the first's results and buffers).
+        release: optional callable given the built call afterwards (e.g. closing its hooks).
+
+    """
+    device = torch.device(device)
+    release_memory(device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn = build()
+    try:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    finally:
+        if release is not None:
+            release(fn)
+        del fn
+        release_memory(device)
+    return (peak - base) / 2**20
+
+
+def device_time_call(fn: Callable[[], Any], device: str | torch.device) -> float:
+    """Seconds one call of ``fn`` takes on ``device``: CUDA events on CUDA, else the wall clock.
+
+    On CUDA the events are recorded on the current stream around the call and read after a
+    synchronisation, so the time is the device's execution time of the queued work, not the
+    host's launch time.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return time_call(fn, device)
+    synchronize(device)
+    start = torch.cuda.Event(enable_timing=True)
+    stop = torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    stop.record()
+    stop.synchronize()
+    return start.elapsed_time(stop) / 1e3
 
 
 def _status_kb(field: str) -> int | None:
@@ -230,20 +327,13 @@ def _rss_worker(
     return {"peak_mem_mb": max(peak_rss_mb() - base, 0.0), "exact_reset": exact}
 
 
-class SubprocessError(RuntimeError):
+class SubprocessError(CapturedError):
     """A failure in a measuring process, carried back as text plus its exception type names.
 
     Exceptions are not sent as objects: they may reference tensors or modules (shared through
     file descriptors that vanish with the child). ``type_names`` holds the class names of the
     original exception's MRO, so callers can still classify it (e.g. out-of-memory).
     """
-
-    def __init__(self, type_names: Sequence[str], message: str):
-        self.type_names = tuple(type_names)
-        super().__init__(f"{self.type_names[0]}: {message}")
-
-    def __reduce__(self) -> tuple:
-        return (type(self), (self.type_names, str(self).split(": ", 1)[-1]))
 
 
 def _rss_entry(conn: Any, factory: StepFactory, steps: int, threads: int, cap_mb: float | None):

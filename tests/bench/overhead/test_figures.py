@@ -35,7 +35,7 @@ def results(tmp_path_factory):
     rows.append(_row("cifar100_allcnnc", 4, "pytorch", "grad", 0.1, 0.1, note="reduced"))
     rows.append(_row("cifar100_allcnnc", 4, "backpack", "KFLR", 5.0, 0.1, status="oom"))
     rows.append(_row("cifar100_allcnnc", 4, "ours", "KFLR", 3.0, 0.1, note="reduced"))
-    folder = tmp_path / "results" / "overhead"
+    folder = tmp_path / "results" / "overhead" / "reference"
     results_io.atomic_write_csv(folder / "cpu.csv", rows, COLUMNS)
     results_io.atomic_write_json(
         folder / "cpu.json", {"environment": {"device_name": "TestCPU", "torch": "x"}}
@@ -45,7 +45,7 @@ def results(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(results):
-    return make_all([results / "results" / "overhead" / "cpu.csv"], results / "plots")
+    return make_all([results / "results" / "overhead" / "reference" / "cpu.csv"], results / "plots")
 
 
 def test_figures_are_pdf_and_png(built):
@@ -59,7 +59,7 @@ def test_pdf_rebuilds_byte_identically(results, built):
     pdf = results / "plots" / "overhead_fig3_clean.pdf"
     before = hashlib.sha256(pdf.read_bytes()).hexdigest()
     style()
-    fig3(load([results / "results" / "overhead" / "cpu.csv"]), results / "plots")
+    fig3(load([results / "results" / "overhead" / "reference" / "cpu.csv"]), results / "plots")
     assert hashlib.sha256(pdf.read_bytes()).hexdigest() == before
 
 
@@ -88,7 +88,7 @@ def test_paper_ratio_lookup_takes_the_nearest_batch(problem, n, key, expected):
 
 
 def test_report_puts_our_ratios_beside_backpack_and_the_paper(results):
-    csv = results / "results" / "overhead" / "cpu.csv"
+    csv = results / "results" / "overhead" / "reference" / "cpu.csv"
     out = overhead_report.write_report([csv], results / "REPORT.md")
     text = out.read_text()
     assert "TestCPU" in text

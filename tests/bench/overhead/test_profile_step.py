@@ -65,8 +65,8 @@ def test_second_order_ranges_nest_inside_the_backward():
     "argv, message",
     [
         (["no_such_problem", "KFAC"], "unknown problem"),
-        (["tiny_cnn", "DiagGGN"], "invalid choice"),
-        (["tiny_cnn", "KFAC", "--steps", "0"], "must be >= 1"),
+        (["tiny_cnn", "DiagGGN"], "unknown quantity"),
+        (["tiny_cnn", "KFAC", "--steps", "0"], "must be an integer >= 1"),
     ],
     ids=["unknown-problem", "unknown-quantity", "zero-steps"],
 )

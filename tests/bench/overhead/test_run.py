@@ -290,6 +290,7 @@ def test_cli_runs_end_to_end_and_resumes(tmp_path, capsys):
 
 
 def test_cli_rejects_unknown_quantity(capsys):
-    args = build_parser().parse_args(["--quantities", "Nope", "--dry-run"])
-    assert args.func(args) == 2
+    with pytest.raises(SystemExit) as exit_info:  # at parse time, before any work
+        build_parser().parse_args(["--quantities", "Nope", "--dry-run"])
+    assert exit_info.value.code == 2
     assert "valid: BatchGrad" in capsys.readouterr().err

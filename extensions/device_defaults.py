@@ -1,0 +1,52 @@
+"""Chunk and block sizes of ``extensions`` per device type: one table, one lookup.
+
+The CPU values were measured on this project's 2-core CPU (see the comments at the constants in
+``per_sample``, ``derivatives`` and ``kronecker``, which read them from here). The CUDA values are
+chosen by reasoning and are **untested on a GPU**: on CPU the chunks are sized to stay in cache;
+on a GPU the cost that chunking adds is one kernel launch (and a synchronisation-free Python
+loop iteration) per chunk, while caches do not matter at these sizes, so the CUDA chunks are 16x
+larger (fewer, larger chunks). At most 2**26 float32 elements (256 MiB) each, they stay far
+below the default memory budget of ``extensions.quantities.DEFAULT_MEMORY_BUDGET`` (8 GiB), and
+the budget-driven chunking of ``second_order`` still applies on top. The blocked Gram matrix
+(half the flops of ``u @ u.T`` on CPU) is a single GEMM on CUDA, where cuBLAS is fastest with one
+large call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: constant name -> value, per device type
+TABLE: dict[str, dict[str, int]] = {
+    "cpu": {
+        "UNFOLD_CHUNK_ELEMENTS": 2**21,
+        "ROWS_CHUNK_ELEMENTS": 2**22,
+        "JAC_T_CHUNK_ELEMENTS": 2**21,
+        "GRAM_BLOCK_ROWS": 192,
+        "GRAM_MAX_BLOCKS": 6,
+    },
+    "cuda": {  # untested on a GPU (see the module docstring)
+        "UNFOLD_CHUNK_ELEMENTS": 2**25,
+        "ROWS_CHUNK_ELEMENTS": 2**26,
+        "JAC_T_CHUNK_ELEMENTS": 2**25,
+        "GRAM_BLOCK_ROWS": 192,
+        "GRAM_MAX_BLOCKS": 1,
+    },
+}
+CPU = TABLE["cpu"]
+
+
+def tuned(name: str, device: torch.device, cpu_value: int) -> int:
+    """Return the value of constant ``name`` for ``device``.
+
+    Args:
+        name: a key of :data:`TABLE`'s rows.
+        device: the device of the tensors being chunked.
+        cpu_value: the module's own constant (read at call time, so tests that monkeypatch it
+            still steer the CPU path); used for every device type without a row of its own.
+
+    """
+    row = TABLE.get(device.type)
+    if row is None or device.type == "cpu":
+        return cpu_value
+    return row[name]
