@@ -258,6 +258,14 @@ class RunStore:
             return True
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as handle:  # meanwhile readers see an unknown holder:
+                handle.write(content)  # live until the TTL, so nobody takes it over
+            return True
         finally:
             tmp.unlink()
 

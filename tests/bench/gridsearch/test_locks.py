@@ -134,3 +134,20 @@ def test_two_hosts_share_a_store_and_a_dead_hosts_lock_expires(tmp_path):
         assert epochs == [0, 1, 2]
     assert len(store.run_ids()) == 3
     assert not list((tmp_path / "locks").glob("*"))
+
+
+def test_lock_without_hard_links_is_still_exclusive(tmp_path, monkeypatch):
+    """Filesystems without hard links: exclusive create; an empty lock is never taken over."""
+
+    def no_links(src, dst):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    store = RunStore(tmp_path)
+    with store.lock(RUN) as held:
+        assert held and store.lock_holder(RUN).pid == os.getpid()
+        with store.lock(RUN) as again:
+            assert not again
+    store.lock_path(RUN).write_text("")  # the instant between create and write
+    with store.lock(RUN) as held:
+        assert not held

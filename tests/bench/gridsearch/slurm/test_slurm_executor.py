@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,7 +24,7 @@ import torch
 from bench.gridsearch.executors import InProcessExecutor
 from bench.gridsearch.grid import RunConfig
 from bench.gridsearch.slurm import SlurmExecutor, TrackedJob
-from bench.gridsearch.store import RunStore
+from bench.gridsearch.store import RunStore, hostname
 
 pytestmark = pytest.mark.slurm
 
@@ -143,9 +142,9 @@ def epochs_done(store: RunStore, run: RunConfig) -> int:
 
 def kill_run_process(store: RunStore, run: RunConfig) -> None:
     """SIGKILL the process training ``run`` (its pid is in the run's lock; same machine)."""
-    host, pid = store.lock_path(run.run_id).read_text().split()
-    assert host == socket.gethostname()
-    os.kill(int(pid), signal.SIGKILL)
+    holder = store.lock_holder(run.run_id)
+    assert holder is not None and holder.host == hostname()
+    os.kill(holder.pid, signal.SIGKILL)
 
 
 def submitit_job(store: RunStore, task_id: str) -> TrackedJob:
@@ -253,3 +252,29 @@ def test_task_killed_mid_run_is_reported_failed(slurm_cluster, tmp_path):
     assert sidecar["status"] == "failed"
     assert executor.task_ids[run.run_id] in sidecar["error"]
     assert not store.lock_path(run.run_id).exists()
+
+
+def test_cli_sweep_resolves_the_device_on_the_node(slurm_cluster, tmp_path):
+    """Submitted from a process that has no GPU: the device is decided by the task, on its node.
+
+    ``CURVBENCH_HOSTNAME`` set in the batch script (``--slurm-setup``) marks what the node saw.
+    """
+    from tests.bench.cli_cases import run_cli
+
+    argv = [
+        "gridsearch", "run", "--executor", "slurm", "--problems", "cifar10_3c3d",
+        "--methods", "Momentum", "--baseline-lrs", "0.01", "--no-best", "--source", "synthetic",
+        "--epochs", "1", "--batch-size", "8", "--n-train", "64", "--n-test", "16",
+        "--train-eval-size", "16", "--out", str(tmp_path / "store"),
+        "--slurm-cpus", "1", "--slurm-time", "10",
+        "--slurm-setup", "export CURVBENCH_HOSTNAME=node-1",
+    ]  # fmt: skip
+    proc = run_cli(argv, env={"CUDA_VISIBLE_DEVICES": ""}, timeout_s=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    store = RunStore(tmp_path / "store")
+    (run_id,) = store.run_ids()
+    sidecar = store.read_sidecar(run_id)
+    assert sidecar["status"] == "finished"
+    assert sidecar["config"]["device"] == "auto"  # not resolved on the submitting host
+    (attempt,) = sidecar["attempts"]
+    assert attempt["host"] == "node-1" and attempt["device"] == "cpu" and attempt["wall_s"] > 0
