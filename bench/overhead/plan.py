@@ -13,6 +13,7 @@ import torch
 
 from bench import results_io
 from bench.overhead.backends import DEFAULT_BACKENDS, get_backend
+from bench.overhead.peers import NEW_QUANTITIES
 from bench.overhead.problem_setup import architecture_of, problem_setup
 from bench.spec import C_COLUMN_QUANTITIES, GRAD, OVERHEAD_COLUMNS, QUANTITIES
 
@@ -110,7 +111,7 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
     """
     device = torch.device(options.device)
     for quantity in options.quantities:
-        if quantity not in (*QUANTITIES, GRAD):
+        if quantity not in (*QUANTITIES, *NEW_QUANTITIES, GRAD):
             raise ValueError(f"unknown quantity {quantity!r}; valid: {', '.join(QUANTITIES)}")
     for mode in options.modes:
         if mode not in MODES:
@@ -124,6 +125,7 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
     out: list[Measurement] = []
     for problem in options.problems:
         setup = problem_setup(problem)
+        model = setup.model_fn()  # for the backends' row labels (``differs: ...``)
         if options.batch_sizes is not None:
             sizes = tuple(options.batch_sizes)
         elif device.type == "cuda":
@@ -152,9 +154,10 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
                     skipped = skips.get((arch, backend.name), ())
                     for m, quantity, note in wanted:
                         if m == n and backend.supports(quantity) and quantity not in skipped:
+                            label = note or backend.note(model, setup.input_shape, quantity)
                             out.append(
                                 Measurement(
-                                    problem, n, mode, str(device), backend.name, quantity, note
+                                    problem, n, mode, str(device), backend.name, quantity, label
                                 )
                             )
                 if any(b.name == "backpack" for b in backends):

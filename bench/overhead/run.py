@@ -50,9 +50,11 @@ PRELOAD = ("torch", "bench.overhead.backends", "backpack", "opacus", "problems")
 
 
 def classify_error(err: BaseException) -> str:
-    """Map a failure to its row status: ``oom``, ``unsupported`` or ``error``."""
+    """Map a failure to its row status: ``oom``, ``unsupported``, ``bounded`` or ``error``."""
     names = {cls.__name__ for cls in type(err).__mro__} | set(getattr(err, "type_names", ()))
     text = str(err).lower()
+    if "StepOverBudget" in names:  # a class-looping peer refused (bench.overhead.peers)
+        return "bounded"
     if names & {"OutOfMemoryError", "MemoryBudgetError", "MemoryError"} or any(
         s in text for s in ("out of memory", "can't allocate memory", "not enough memory")
     ):
