@@ -18,7 +18,8 @@ quantity. curvlinops and nngeometry never fill ``.grad``: their step adds the pl
 
 Rows that are not the same quantity as ours are labelled ``differs: <why>`` in ``note``
 (:meth:`PeerBackend.note`): the peers' conv Kronecker factors are KFC "expand"
-(``B = 1/N sum_{c,n,s} g gᵀ``, ``A = 1/(N S) sum_{n,s} x xᵀ``; BackPACK's are
+(``B = 1/N sum_{c,n,s} g gᵀ``, ``A = 1/(N S) sum_{n,s} x xᵀ``; nngeometry moves the ``1/S``
+to ``B``, the same product; BackPACK's are
 ``B = 1/N sum_{c,n} (sum_s g)(sum_s g)ᵀ``, ``A = 1/N sum_{n,s} x xᵀ``), ASDL's conv diagonal
 switches to ``sum x² g²`` on small output maps, nngeometry's EKFAC eigenbasis joins weight and
 bias. Methods that loop over the classes (``C`` backward passes) are bounded like BackPACK's KFRA:
@@ -44,7 +45,7 @@ CLASS_LOOP_BOUND_S = 20.0
 KRONECKER = ("KFAC", "KFLR", EKFAC)
 EXPAND_CONV = (
     "differs: conv layers get KFC-expand factors (B = 1/N sum_{c,n,s} g g^T, "
-    "A = 1/(N S) sum_{n,s} x x^T), not BackPACK's"
+    "A = 1/(N S) sum_{n,s} x x^T; nngeometry moves the 1/S to B), not BackPACK's"
 )
 
 
