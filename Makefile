@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test,figures,cluster]"
 	@# Reference peers without their torchvision pin (they import without it), plus what they need.
-	$(PY) -m pip install --quiet --no-deps backpack-for-pytorch==1.7.1 opacus==1.6.0 deepobs==1.1.2
+	$(PY) -m pip install --quiet --no-deps backpack-for-pytorch==1.7.1 opacus==1.6.0 deepobs==1.1.2 \
+		curvlinops-for-pytorch==3.0.1 asdfghjkl==0.1a5 nngeometry==0.4 einconv==0.1.0 linear_operator==0.6.1
 	$(PY) -m pip install --quiet einops unfoldNd opt_einsum scipy
 	touch $(STAMP)
 
@@ -41,7 +42,7 @@ format: $(STAMP) ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) -> results/overhead/ (CPU defaults: ~11 min on 2 cores)
+overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) -> results/overhead/ (CPU defaults: ~12 min on 2 cores)
 	$(VENV)/bin/curvbench overhead $(ARGS)
 
 overhead-table: $(STAMP) ## ours vs BackPACK, per quantity, both networks, batch 128 (the extensions issue's table)

@@ -329,7 +329,15 @@ BACKENDS: dict[str, Callable[[], BaseBackend]] = {
     **PEER_BACKENDS,
 }
 #: the backends measured by default (``pytorch`` is always run as the reference)
-DEFAULT_BACKENDS = ("ours", "backpack", "backpack_savemem", "torch.func", "opacus", "loop")
+DEFAULT_BACKENDS = (
+    "ours",
+    "backpack",
+    "backpack_savemem",
+    "torch.func",
+    "opacus",
+    "loop",
+    *PEER_BACKENDS,
+)
 
 
 def get_backend(name: str) -> BaseBackend:

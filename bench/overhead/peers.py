@@ -43,10 +43,30 @@ NEW_QUANTITIES = (EKFAC,)
 #: Estimated seconds per step above which a class-looping step refuses to run.
 CLASS_LOOP_BOUND_S = 20.0
 KRONECKER = ("KFAC", "KFLR", EKFAC)
+PEER_BACKEND_NAMES = ("curvlinops", "asdl", "nngeometry")
 EXPAND_CONV = (
     "differs: conv layers get KFC-expand factors (B = 1/N sum_{c,n,s} g g^T, "
     "A = 1/(N S) sum_{n,s} x x^T; nngeometry moves the 1/S to B), not BackPACK's"
 )
+
+
+#: CPU defaults (``make overhead`` <= 15 min): the peers run only here, architecture ->
+#: (batch size, quantities); ``--backends ...`` times them everywhere.
+CPU_DEFAULT_PEER_RUNS = {"3c3d": (32, ("BatchGrad", "DiagGGNMC", "KFAC"))}
+
+
+def cpu_default_allows(backend: str, arch: str, batch_size: int, quantity: str) -> bool:
+    """Whether the CPU default plan times ``backend``/``quantity`` at this size (peers: rarely)."""
+    if backend not in PEER_BACKEND_NAMES:
+        return True
+    size, quantities = CPU_DEFAULT_PEER_RUNS.get(arch, (None, ()))
+    return batch_size == size and quantity in quantities
+
+
+def cpu_default_peer_note() -> str:
+    """Describe :data:`CPU_DEFAULT_PEER_RUNS` for the run's log."""
+    runs = "; ".join(f"{a} N={n}: {'/'.join(qs)}" for a, (n, qs) in CPU_DEFAULT_PEER_RUNS.items())
+    return f"peers ({', '.join(PEER_BACKEND_NAMES)}) only at {runs} (pass --backends for more)"
 
 
 class StepOverBudget(RuntimeError):

@@ -29,6 +29,7 @@ from torch import Tensor
 from bench import results_io
 from bench.environment import collect_environment
 from bench.overhead.backends import BaseBackend, Step, get_backend
+from bench.overhead.peers import PEER_BACKEND_NAMES
 from bench.overhead.plan import (
     COLUMNS,
     CPU_ROUNDS,
@@ -46,7 +47,14 @@ from bench.overhead.timing import (
 )
 
 #: Modules the memory probes' forkserver imports once (saves seconds per probe).
-PRELOAD = ("torch", "bench.overhead.backends", "backpack", "opacus", "problems")
+PRELOAD = (
+    "torch",
+    "bench.overhead.backends",
+    "backpack",
+    "opacus",
+    "problems",
+    *PEER_BACKEND_NAMES,  # the peers' import names too (a missing one is skipped)
+)
 
 
 def classify_error(err: BaseException) -> str:
