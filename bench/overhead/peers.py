@@ -125,6 +125,7 @@ class PeerStep(Step):
         super().__init__(model, loss_fn, quantity)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.calls = 0
+        self.num_classes = 0
         self._checked = False
 
     def passes(self, num_classes: int) -> int:
@@ -136,6 +137,7 @@ class PeerStep(Step):
         start = time.perf_counter()
         output = self.model(inputs)
         self.loss_fn(output, targets).backward()
+        self.num_classes = output.shape[1]
         if not self._checked:
             self._checked = True
             passes = self.passes(output.shape[1])
@@ -444,7 +446,7 @@ class NngeometryStep(PeerStep):
                 f"{lid}.weight": [q_g, q_a, diags[lid].reshape(len(q_g), len(q_a))]
                 for lid, (q_a, q_g) in evecs.items()
             }
-        n_out = 1 if self.quantity == "KFAC" else self.model(inputs[:1]).shape[1] - 1
+        n_out = 1 if self.quantity == "KFAC" else self.num_classes - 1  # as nngeometry's FIM
         factors = {}
         for lid, layer in lc.layers.items():
             a, g = pmat.data[lid]

@@ -151,6 +151,7 @@ def render(df: pd.DataFrame | None = None) -> str:
         *matrix_lines(),
         "",
     ]
-    if df is not None and len(df):
-        lines += ["## Ours vs. the peer libraries", "", *peer_tables(df)]
-    return "\n".join(lines)
+    tables = peer_tables(df) if df is not None and len(df) else []
+    if tables:
+        lines += ["## Ours vs. the peer libraries", "", *tables]
+    return "\n".join(lines).rstrip("\n")
