@@ -303,7 +303,7 @@ class AsdlStep(PeerStep):
             self._maker.forward_and_backward(data_size=inputs.shape[0], calc_loss_grad=True)
         except RuntimeError as err:
             if self.quantity == EKFAC and has_conv(self.model) and "view size" in str(err):
-                raise NotImplementedError(f"ASDL 0.1a5's conv KFE is not supported: {err}") from err
+                raise NotImplementedError(f"ASDL 0.1a5's conv KFE (N S < c_in k^2): {err}") from err
             raise
         return self._second_order()
 

@@ -77,7 +77,7 @@ MATRIX: dict[str, dict[str, str]] = {
     "KFRA": {"ours": "1 backward, dense h x h", "backpack": "1 backward, dense h x h"},
     EKFAC: {
         "curvlinops": "2 MC backwards (factors, correction) + plain backward",
-        "asdl": "1 + 1 backward (basis and correction from one batch; conv fails in 0.1a5)",
+        "asdl": "1 + 1 backward (basis, correction from one batch; fails if N·S < c_in k²)",
         "nngeometry": "2 MC backwards + plain; weight and bias in one basis (differs)",
     },
 }
