@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench import results_io  # noqa: E402
+from bench.overhead.peers import NEW_QUANTITIES  # noqa: E402
 from bench.plotting import figsize, save, style  # noqa: E402
 from bench.spec import GRAD, QUANTITIES  # noqa: E402
 
@@ -45,6 +46,9 @@ BACKEND_COLORS = {
     "torch.func": "#2ca02c",
     "opacus": "#9467bd",
     "loop": "#ff7f0e",
+    "curvlinops": "#8c564b",
+    "asdl": "#e377c2",
+    "nngeometry": "#17becf",
 }
 BACKEND_LABELS = {
     "pytorch": "gradient",
@@ -54,6 +58,9 @@ BACKEND_LABELS = {
     "torch.func": "torch.func",
     "opacus": "Opacus",
     "loop": "for-loop",
+    "curvlinops": "curvlinops",
+    "asdl": "ASDL",
+    "nngeometry": "nngeometry",
 }
 #: Short quantity labels in the paper's Fig. 6 wording.
 QUANTITY_LABELS = {
@@ -67,6 +74,7 @@ QUANTITY_LABELS = {
     "KFAC": "KFAC",
     "KFLR": "KFLR",
     "KFRA": "KFRA",
+    "EKFAC": "EKFAC",
 }
 PROBLEM_LABELS = {
     "cifar10_3c3d": "3C3D / CIFAR-10",
@@ -110,7 +118,7 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
 
 def _quantities_in(df: pd.DataFrame) -> list[str]:
     present = set(df["quantity"])
-    return [q for q in QUANTITIES if q in present]
+    return [q for q in (*QUANTITIES, *NEW_QUANTITIES) if q in present]
 
 
 def _grid(nrows: int, ncols: int):

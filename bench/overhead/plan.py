@@ -14,6 +14,7 @@ import torch
 
 from bench import results_io
 from bench.overhead.backends import DEFAULT_BACKENDS, get_backend
+from bench.overhead.peers import NEW_QUANTITIES, cpu_default_allows, cpu_default_peer_note
 from bench.overhead.problem_setup import architecture_of, problem_setup
 from bench.spec import C_COLUMN_QUANTITIES, GRAD, OVERHEAD_COLUMNS, QUANTITIES
 
@@ -91,11 +92,12 @@ def _active_skips(options: PlanOptions) -> dict[tuple[str, str], tuple[str, ...]
 def cpu_default_skips(options: PlanOptions) -> list[str]:
     """Describe the variants :func:`default_plan` leaves out on the CPU defaults (for the log)."""
     archs = {architecture_of(p) for p in options.problems}
+    skips = _active_skips(options)
     return [
         f"{backend} {'/'.join(qs)} on {arch} (too slow on CPU; pass --backends to time it)"
-        for (arch, backend), qs in _active_skips(options).items()
+        for (arch, backend), qs in skips.items()
         if arch in archs and backend in options.backends
-    ]
+    ] + ([cpu_default_peer_note()] if skips else [])
 
 
 def default_plan(options: PlanOptions) -> list[Measurement]:
@@ -111,7 +113,7 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
     """
     device = torch.device(options.device)
     for quantity in options.quantities:
-        if quantity not in (*QUANTITIES, GRAD):
+        if quantity not in (*QUANTITIES, *NEW_QUANTITIES, GRAD):
             raise ValueError(f"unknown quantity {quantity!r}; valid: {', '.join(QUANTITIES)}")
     for mode in options.modes:
         if mode not in MODES:
@@ -125,6 +127,7 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
     out: list[Measurement] = []
     for problem in options.problems:
         setup = problem_setup(problem)
+        model = setup.model_fn()  # for the backends' row labels (``differs: ...``)
         if options.batch_sizes is not None:
             sizes = tuple(options.batch_sizes)
         elif device.type == "cuda":
@@ -152,10 +155,13 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
                 for backend in backends:
                     skipped = skips.get((arch, backend.name), ())
                     for m, quantity, note in wanted:
+                        if skips and not cpu_default_allows(backend.name, arch, m, quantity):
+                            continue
                         if m == n and backend.supports(quantity) and quantity not in skipped:
+                            label = note or backend.note(model, setup.input_shape, quantity)
                             out.append(
                                 Measurement(
-                                    problem, n, mode, str(device), backend.name, quantity, note
+                                    problem, n, mode, str(device), backend.name, quantity, label
                                 )
                             )
                 if any(b.name == "backpack" for b in backends):

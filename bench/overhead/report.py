@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import results_io
+from bench.overhead import support_matrix
 from bench.overhead.figures import (
     BACKEND_LABELS,
     PROBLEM_LABELS,
@@ -238,6 +239,7 @@ def render(df: pd.DataFrame, meta: dict | None, csv_name: str) -> str:
             lines += [f"Note: {'; '.join(notes)}.", ""]
         lines += group_table(group) + [""]
     lines += ["## Ours vs. BackPACK", "", *(comparisons(df) or ["- no ours/BackPACK pairs"]), ""]
+    lines += [support_matrix.render(df), ""]
     lines += ["## Differences explained", "", EXPLANATIONS]
     failed = df[df["status"] != "ok"]
     if len(failed):

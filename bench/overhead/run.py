@@ -30,6 +30,7 @@ from bench import results_io
 from bench.environment import collect_environment, device_info
 from bench.overhead.backends import BaseBackend, Step, get_backend
 from bench.overhead.numerics import NONDETERMINISTIC_MESSAGE, Numerics
+from bench.overhead.peers import PEER_BACKEND_NAMES
 from bench.overhead.plan import (
     COLUMNS,
     CPU_ROUNDS,
@@ -48,7 +49,14 @@ from bench.overhead.timing import (
 )
 
 #: Modules the memory probes' forkserver imports once (saves seconds per probe).
-PRELOAD = ("torch", "bench.overhead.backends", "backpack", "opacus", "problems")
+PRELOAD = (
+    "torch",
+    "bench.overhead.backends",
+    "backpack",
+    "opacus",
+    "problems",
+    *PEER_BACKEND_NAMES,  # the peers' import names too (a missing one is skipped)
+)
 
 
 #: lower-case message fragments of allocation failures: the caching allocator's, the OS's, and
@@ -64,9 +72,11 @@ OOM_FRAGMENTS = (
 
 
 def classify_error(err: BaseException) -> str:
-    """Map a failure to its row status: ``oom``, ``unsupported`` or ``error``."""
+    """Map a failure to its row status: ``oom``, ``unsupported``, ``bounded`` or ``error``."""
     names = {cls.__name__ for cls in type(err).__mro__} | set(getattr(err, "type_names", ()))
     text = str(err).lower()
+    if "StepOverBudget" in names:  # a class-looping peer refused (bench.overhead.peers)
+        return "bounded"
     if names & {"OutOfMemoryError", "MemoryBudgetError", "MemoryError"} or any(
         s in text for s in OOM_FRAGMENTS
     ):
