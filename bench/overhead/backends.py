@@ -96,11 +96,11 @@ class OursBackend(BaseBackend):
         return True, ""
 
     def supports(self, quantity: str) -> bool:
-        """Have the ten quantities; a new one (``EKFAC``) once ``extensions.QUANTITIES`` has it."""
+        """Have the ten quantities, and ``EKFAC`` where ``extensions`` offers it (``EXTRA``)."""
         if quantity in NEW_QUANTITIES:
-            import extensions
+            from extensions import quantities
 
-            return quantity in extensions.QUANTITIES
+            return quantity in (*quantities.QUANTITIES, *quantities.EXTRA)
         return super().supports(quantity)
 
     def _make_step(self, model: nn.Module, loss_fn: nn.Module, quantity: str) -> Step:

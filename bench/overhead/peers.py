@@ -182,8 +182,12 @@ class PeerBackend(BaseBackend):
     step_class: type[PeerStep] = PeerStep
 
     def note(self, model: nn.Module, input_shape: tuple[int, ...], quantity: str) -> str:
-        """``differs: ...`` where this library's quantity is not ours on ``model``."""
-        if quantity in KRONECKER and has_conv(model):
+        """``differs: ...`` where this library's quantity is not ours on ``model``.
+
+        Ours KFAC/KFLR keep BackPACK's conv factors (Fig. 6's meaning), so the peers' expand
+        factors differ there; ours EKFAC uses the expand factors like the peers.
+        """
+        if quantity in KRONECKER and quantity != EKFAC and has_conv(model):
             return EXPAND_CONV
         return ""
 
@@ -389,6 +393,8 @@ class AsdlBackend(PeerBackend):
                     "differs: ASDL's conv diagonal on small output maps is sum x^2 g^2 "
                     f"(inexact) at layer(s) {', '.join(layers)}"
                 )
+        if quantity == EKFAC and has_conv(model):  # only its eigenvalue sum is tested
+            return "differs: ASDL's conv EKFAC (kfe) is not checked element-wise against ours"
         return super().note(model, input_shape, quantity)
 
 

@@ -76,6 +76,7 @@ MATRIX: dict[str, dict[str, str]] = {
     },
     "KFRA": {"ours": "1 backward, dense h x h", "backpack": "1 backward, dense h x h"},
     EKFAC: {
+        "ours": "1 backward (expand factors, eigenbases, correction from the same columns)",
         "curvlinops": "2 MC backwards (factors, correction) + plain backward",
         "asdl": "1 + 1 backward (basis, correction from one batch; fails if N·S < c_in k²)",
         "nngeometry": "2 MC backwards + plain; weight and bias in one basis (differs)",

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+import extensions
 from bench.overhead import peers
 from bench.overhead.backends import get_backend
 from bench.overhead.plan import PlanOptions, default_plan
@@ -199,8 +200,12 @@ def test_conv_kronecker_factors_differ_from_backpacks_and_are_labelled(backend):
     b, a = got["3.weight"]
     torch.testing.assert_close(torch.kron(b, a), torch.kron(b_expand, a_expand))
     assert not torch.allclose(torch.kron(b, a), torch.kron(*expected["3.weight"]))
-    for quantity in peers.KRONECKER:
+    for quantity in ("KFAC", "KFLR"):  # ours keep BackPACK's conv factors
         assert get_backend(backend).note(net, (3, 8, 8), quantity).startswith("differs:")
+    ours_expand = extensions.compute(
+        net, nn.CrossEntropyLoss(), x, y, [extensions.KFLR(conv="expand")]
+    )
+    torch.testing.assert_close(torch.kron(*ours_expand["KFLR"]["3.weight"]), torch.kron(b, a))
 
 
 def test_asdl_small_map_conv_diagonal_differs_and_is_labelled():
@@ -263,11 +268,11 @@ def test_plan_labels_rows_and_accepts_ekfac(monkeypatch):
     notes = {(m.backend, m.quantity): m.note for m in plan}
     assert notes[("curvlinops", "KFLR")].startswith("differs:")
     assert notes[("asdl", "BatchGrad")] == ""
-    assert ("curvlinops", "EKFAC") in notes
-    import extensions
+    # ours EKFAC has the expand factors too: the same quantity as curvlinops' on a conv net
+    assert notes[("curvlinops", "EKFAC")] == ""
+    assert notes[("nngeometry", "EKFAC")].startswith("differs:")  # joint weight/bias basis
+    from extensions import quantities
 
-    assert ("ours", "EKFAC") in notes or "EKFAC" not in extensions.QUANTITIES
-    monkeypatch.setattr(extensions, "QUANTITIES", (*extensions.QUANTITIES, "EKFAC"))
-    assert get_backend("ours").supports("EKFAC")
-    monkeypatch.setattr(extensions, "QUANTITIES", ("BatchGrad",))
+    assert ("ours", "EKFAC") in notes and get_backend("ours").supports("EKFAC")
+    monkeypatch.setattr(quantities, "EXTRA", ())
     assert not get_backend("ours").supports("EKFAC")
