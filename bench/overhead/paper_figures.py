@@ -40,8 +40,11 @@ FIG8_PROBLEM = "cifar100_allcnnc"
 FIG8_PAPER_N = 16
 
 
-class PresetCSVError(ValueError):
+class PresetCSVError(results_io.CSVFileError):
     """A preset CSV that lacks what its figure needs (one line: file and what is missing)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(path, None, reason)
 
 
 def preset_of(path: str | Path) -> str:
@@ -65,8 +68,9 @@ def _require(df: pd.DataFrame, source: str, problem: str, quantities: Sequence[s
     missing = [q for q in (GRAD, *quantities) if not (ok["quantity"] == q).any()]
     if missing:
         raise PresetCSVError(
-            f"{source}: no successful {problem} rows of {', '.join(missing)} "
-            f"(needed for this figure; rerun `curvbench overhead --preset {preset_of(source)}`)"
+            source,
+            f"no successful {problem} rows of {', '.join(missing)} "
+            f"(needed for this figure; rerun `curvbench overhead --preset {preset_of(source)}`)",
         )
 
 
@@ -114,15 +118,16 @@ def fig9(df: pd.DataFrame, plots_dir: str | Path, mode: str, suffix: str, source
         linewidth=0.8, linestyle="--", label="paper (BackPACK 1.0, GPU)",
     )  # fmt: skip
     sizes = sorted(int(n) for n in ok["batch_size"].unique())
-    for ax in axes[0]:
+    for ax, ticks in zip(axes[0], (sizes, sorted({*sizes, *PAPER_FIG9_MS}))):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.set_xticks(ticks, [str(n) for n in ticks])
         ax.minorticks_off()
         ax.set_xlabel("batch size N")
         ax.legend(fontsize=5, frameon=False)
     axes[0][0].set_yscale("log")
     axes[0][0].set_ylabel("time / step [ms]")
-    axes[0][0].set_title("3C3D-sigmoid / CIFAR-10", fontsize=7)
+    measured = "" if sizes == sorted(PAPER_FIG9_MS) else f" (paper: N={min(PAPER_FIG9_MS)}..32)"
+    axes[0][0].set_title(f"3C3D-sigmoid / CIFAR-10{measured}", fontsize=7)
     axes[0][1].set_yscale("log")
     axes[0][1].set_ylabel("DiagHessian / DiagGGN")
     axes[0][1].set_title("cost of the sigmoid's second derivative", fontsize=7)
@@ -147,9 +152,17 @@ def load_preset(path: str | Path) -> pd.DataFrame:
     """Read one preset CSV (``figures.load``); refuse one of an unknown preset."""
     if preset_of(path) not in BUILDERS:
         raise PresetCSVError(
-            f"{path}: file name does not start with a preset ({', '.join(BUILDERS)}) and a '-'"
+            path, f"file name does not start with a preset ({', '.join(BUILDERS)}) and a '-'"
         )
     return figures.load([path])
+
+
+def load_presets(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """Read the preset CSVs in ``folder``, one frame per preset (``{}`` when there are none)."""
+    frames: dict[str, list[pd.DataFrame]] = {}
+    for path in sorted(Path(folder).glob("*.csv")):
+        frames.setdefault(preset_of(path), []).append(load_preset(path))
+    return {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
 
 
 def make_all(csv_paths: Sequence[str | Path], plots_dir: str | Path) -> list[Path]:
@@ -172,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = make_all(args.csv, args.plots)
-    except (PresetCSVError, results_io.CSVFileError) as err:
+    except results_io.CSVFileError as err:
         print(f"paper_figures: error: {err}", file=sys.stderr)
         return 2
     for path in written:

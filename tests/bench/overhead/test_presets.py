@@ -142,3 +142,35 @@ def test_a_csv_not_named_after_a_preset_is_refused(tmp_path):
     path = _write(tmp_path / "cpu-2core.csv", _fig9_rows())
     with pytest.raises(paper_figures.PresetCSVError, match="does not start with a preset"):
         paper_figures.make_all([path], tmp_path / "plots")
+
+
+# ---- the figure map -------------------------------------------------------------------------
+
+
+def test_figure_map_puts_the_papers_fig9_ratios_beside_ours(tmp_path):
+    from bench.overhead import figure_map
+
+    path = _write(tmp_path / "fig9-testbox.csv", _fig9_rows())
+    df = paper_figures.load_preset(path)
+    df["ratio_to_grad"] = df["median_s"] / 0.01
+    written = paper_figures.make_all([path], tmp_path / "plots")
+    text = figure_map.render(None, {"fig9": df}, written)
+    fig9_row = next(line for line in text.splitlines() if line.startswith("| Fig. 9"))
+    assert "`plots/overhead_fig9_clean_testbox.{pdf,png}`" in fig9_row
+    assert "N=4: 7.7; N=8: 14.5; N=16: 20.9; N=32: 26.4" in fig9_row  # 70.6/9.2, ... (spec §4.2)
+    assert "N=4: ours 5.0, BackPACK 5.0; N=8: ours 5.0, BackPACK 5.0" in fig9_row
+    fig8_row = next(line for line in text.splitlines() if line.startswith("| Fig. 8"))
+    assert "(no CSV yet)" in fig8_row and "KFLR 23.1" in fig8_row
+    assert text.count("results/gridsearch/REPORT.md") >= 2
+
+
+def test_report_carries_the_figure_map_right_after_its_title(tmp_path):
+    from bench.overhead.report import write_report
+
+    rows = [("cifar10_3c3d", 8, "pytorch", GRAD, 0.01), ("cifar10_3c3d", 8, "ours", "KFAC", 0.02)]
+    path = _write(tmp_path / "box.csv", rows)
+    out = write_report([path], tmp_path / "REPORT.md", "## Figure map\n\n| a |\n")
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("# Overhead benchmark") and lines[2] == "## Figure map"
+    plain = write_report([path], tmp_path / "PLAIN.md").read_text()
+    assert "Figure map" not in plain and plain.splitlines()[2].startswith("Source:")
