@@ -136,6 +136,7 @@ def apply(args, device: str, explicit_backends: bool = False) -> PlanOptions:
     options = plan_options(preset.name, device, args.batch_sizes, backends)
     args.problems, args.quantities = list(options.problems), list(options.quantities)
     args.backends = list(options.backends)
+    args.batch_sizes = list(options.batch_sizes)  # the log then names no "cpu defaults"
     if args.rounds is None and torch.device(device).type != "cuda":
         args.rounds = preset.cpu_rounds
     return options

@@ -174,3 +174,18 @@ def test_report_carries_the_figure_map_right_after_its_title(tmp_path):
     assert lines[0].startswith("# Overhead benchmark") and lines[2] == "## Figure map"
     plain = write_report([path], tmp_path / "PLAIN.md").read_text()
     assert "Figure map" not in plain and plain.splitlines()[2].startswith("Source:")
+
+
+def test_curvbench_figures_refuses_a_fig9_reference_without_diaghessian_in_one_line(
+    tmp_path, capsys
+):
+    from bench.cli import main as cli_main
+
+    reference = tmp_path / "results" / "overhead" / "reference"
+    (reference / "presets").mkdir(parents=True)
+    _write(reference / "box.csv", [("cifar10_3c3d", 8, "pytorch", GRAD, 0.01)])
+    bad = _write(reference / "presets" / "fig9-box.csv", _fig9_rows(("DiagGGNExact",)))
+    argv = ["figures", "overhead", "--results", str(tmp_path / "results")]
+    assert cli_main([*argv, "--plots", str(tmp_path / "plots")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and "DiagHessian" in err
