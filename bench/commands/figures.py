@@ -1,7 +1,8 @@
 """curvbench figures: rebuild plots/ and the REPORT.md files from the committed results.
 
 The overhead figures come from the committed references, results/overhead/reference/*.csv (one
-set of figures per machine); to plot this machine's own run (results/overhead/local/), use
+set of figures per machine) and reference/presets/<fig8|fig9>-<machine>.csv (Fig. 8, Fig. 9);
+to plot this machine's own run (results/overhead/local/), use
 python -m bench.overhead.figures --csv FILE --plots DIR.
 """
 
@@ -45,7 +46,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def overhead_figures(results: Path, plots: Path) -> list[Path]:
     """Figures and REPORT.md of every ``<results>/overhead/reference/*.csv``."""
-    from bench.overhead.figures import make_all
+    from bench.overhead import figure_map, paper_figures
+    from bench.overhead.figures import load, make_all
     from bench.overhead.report import write_report
 
     folder = results / "overhead" / "reference"
@@ -54,7 +56,9 @@ def overhead_figures(results: Path, plots: Path) -> list[Path]:
         print(f"figures: no overhead CSV in {folder}; run `curvbench overhead`")
         return []
     paths = make_all(csvs, plots)
-    paths.append(write_report(csvs, results / "overhead" / "REPORT.md"))
+    paths += paper_figures.make_all(sorted((folder / "presets").glob("*.csv")), plots)
+    table = figure_map.render(load(csvs), paper_figures.load_presets(folder / "presets"), paths)
+    paths.append(write_report(csvs, results / "overhead" / "REPORT.md", table))
     return paths
 
 

@@ -6,5 +6,7 @@ Modules: ``plan`` (what to time, the device's defaults), ``problem_setup`` (mode
 ``backends`` (ours and the peers), ``timing`` (interleaved timer, peak memory), ``run`` (a whole
 run, resumable), ``figures`` and ``report`` (plots and REPORT.md from the CSVs), ``compare_table``
 (ours vs BackPACK at N=128), ``gate`` (the CI timing gate), ``profile_step`` (where a step's time
-goes), ``cli`` (``curvbench overhead``).
+goes), ``cli`` (``curvbench overhead``), ``presets`` (``--preset fig8|fig9``),
+``paper_figures`` (Fig. 8 and Fig. 9 from the presets' CSVs), ``figure_map`` (REPORT.md's
+paper-figure -> file/command map).
 """

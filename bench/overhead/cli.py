@@ -22,6 +22,7 @@ examples:
   curvbench overhead --rounds 2 --batch-sizes 8        # a quick end-to-end run
   curvbench overhead --device cuda --mode clean paper  # both timing modes on a GPU
   curvbench overhead --problems cifar10_3c3d --quantities BatchGrad KFAC --backends ours backpack
+  curvbench overhead --preset fig9                     # the paper's Fig. 9 (3C3D-sigmoid)
 
 Output: <out-dir>/<name>.csv (one row per measurement) and <name>.json (environment sidecar);
 by default results/overhead/local/<machine>.csv (untracked; e.g. cpu-2core, nvidia-h200).
@@ -141,6 +142,13 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "operation without a deterministic CUDA kernel makes its row `unsupported`)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--preset",
+        choices=("fig8", "fig9"),
+        help="the measurements of the paper's Fig. 8 or Fig. 9 (bench/overhead/presets.py): sets "
+        "the problems, quantities, backends and batch sizes (CPU fig8: N=4, labelled) and the "
+        "default --name <preset>-<machine>",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(func=run_command)
@@ -185,6 +193,7 @@ def run_command(args: argparse.Namespace) -> int:
     from bench.environment import machine_slug
     from bench.overhead import numerics as overhead_numerics
     from bench.overhead import plan as overhead_plan
+    from bench.overhead import presets
     from bench.overhead import run as overhead_run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -208,7 +217,11 @@ def run_command(args: argparse.Namespace) -> int:
         c_column_batch_size=args.c_column_batch_size,
     )
     try:
+        if args.preset:
+            plan_options = presets.apply(args, device, explicit_backends)
         plan = overhead_plan.default_plan(plan_options)
+        if args.preset:
+            plan = presets.label(plan, args.preset)
     except ValueError as err:
         print(f"curvbench overhead: error: {err}", file=sys.stderr)
         return 2
@@ -246,7 +259,7 @@ def run_command(args: argparse.Namespace) -> int:
             )
     if args.dry_run:
         return 0
-    name = args.name or machine_slug(device)
+    name = args.name or "-".join(filter(None, (args.preset, machine_slug(device))))
     config = {
         "argv": sys.argv[1:],
         "defaults_used": defaults,
@@ -254,6 +267,7 @@ def run_command(args: argparse.Namespace) -> int:
         "quantities": list(args.quantities),
         "backends": list(args.backends),
         "modes": list(args.mode),
+        "preset": args.preset,
         "cudnn_benchmark": bool(numerics.cudnn_benchmark and not numerics.deterministic),
     }
     try:

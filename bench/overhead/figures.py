@@ -127,9 +127,16 @@ def _grid(nrows: int, ncols: int):
 
 
 def fig6(
-    df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean", suffix: str = ""
+    df: pd.DataFrame,
+    plots_dir: str | Path,
+    mode: str = "clean",
+    suffix: str = "",
+    name: str = "fig6",
 ) -> list[Path]:
-    """Time per quantity, per problem (rows) and batch size (columns); gradient as a line."""
+    """Time per quantity, per problem (rows) and batch size (columns); gradient as a line.
+
+    ``name`` is the figure's part of the file name (Fig. 8 has this layout too).
+    """
     data = _ok(df[df["mode"] == mode])
     problems = list(dict.fromkeys(data["problem"]))
     if not problems:
@@ -178,7 +185,7 @@ def fig6(
                 ax.set_ylabel("time / step [s]")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=4, frameon=False)
-    return save(fig, plots_dir, f"overhead_fig6_{mode}{suffix}")
+    return save(fig, plots_dir, f"overhead_{name}_{mode}{suffix}")
 
 
 def fig3(

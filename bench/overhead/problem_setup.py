@@ -76,10 +76,14 @@ def _registry_data(name: str, device: torch.device, batch_size: int) -> Any:
 
 
 def registered_problems() -> tuple[str, ...]:
-    """Return the problems a user can pick (``problems.names()``; not the tiny test problems)."""
+    """Return the problems a user can pick: ``problems.names()`` and ``problems.VARIANTS``.
+
+    The variants (Fig. 9's ``cifar10_3c3dsig``, not in DeepOBS) are listed last; the tiny test
+    problems are not listed.
+    """
     import problems
 
-    return tuple(problems.names())
+    return (*problems.names(), *problems.VARIANTS)
 
 
 def problem_setup(name: str) -> ProblemSetup:
@@ -91,13 +95,13 @@ def problem_setup(name: str) -> ProblemSetup:
         )
     import problems
 
-    if name not in problems.names():
-        valid = ", ".join(problems.names())
+    if name not in registered_problems():
+        valid = ", ".join(registered_problems())
         raise ValueError(f"unknown problem {name!r}; valid problems: {valid}")
     problem = problems.get(name)
     return ProblemSetup(
         name,
-        (3, 32, 32),
+        tuple(problem.input_shape),
         problem.num_classes,
         problem.model,
         problem.loss_fn,
@@ -106,7 +110,7 @@ def problem_setup(name: str) -> ProblemSetup:
 
 
 def architecture_of(name: str) -> str:
-    """``"3c3d"``, ``"allcnnc"`` or the tiny problem's name."""
+    """``"3c3d"``, ``"allcnnc"`` or the problem's own name (the tiny, MNIST and variant ones)."""
     for arch in ("3c3d", "allcnnc"):
         if name.endswith(arch):
             return arch

@@ -275,8 +275,11 @@ def render_sections(parts: Sequence[tuple[str, pd.DataFrame, dict | None, str]])
     return "\n".join(lines)
 
 
-def write_report(csv_paths: Sequence[str | Path], out: str | Path) -> Path:
-    """Render the report of ``csv_paths`` (each CSV with its sidecar) and write it atomically."""
+def write_report(csv_paths: Sequence[str | Path], out: str | Path, figure_map: str = "") -> Path:
+    """Render the report of ``csv_paths`` (each CSV with its sidecar) and write it atomically.
+
+    ``figure_map`` (markdown, :mod:`bench.overhead.figure_map`) goes right after the title.
+    """
     parts = []
     for path in map(Path, csv_paths):
         meta = results_io.read_json(path.with_suffix(".json"))
@@ -285,7 +288,9 @@ def write_report(csv_paths: Sequence[str | Path], out: str | Path) -> Path:
             parts.append((f"{path.stem} ({df['device'].iloc[0]})", df, meta, path.name))
     if not parts:
         raise FileNotFoundError("no overhead CSV given")
-    return results_io.atomic_write_text(out, render_sections(parts))
+    title, body = render_sections(parts).split("\n", 1)
+    text = f"{title}\n\n{figure_map}{body}" if figure_map else f"{title}\n{body}"
+    return results_io.atomic_write_text(out, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
