@@ -82,3 +82,24 @@ def test_mnist_synthetic_sizes_reach_the_run(tmp_path):
     # 200 images: 40 held out (a fifth), 160 train = 10 steps of 16 (drop_last)
     assert [int(r["step"]) for r in rows] == [0, 10]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # KFRA trains
+
+
+def test_smoke_grid_covers_every_method_on_every_paper_problem():
+    from bench.gridsearch.smoke import SMOKE_ARGS
+
+    grid, seeds = plan_from_argv(SMOKE_ARGS[False])
+    covered = {(j.problem, j.method) for j in grid}
+    assert covered == {(p, m) for p in PAPER_PROBLEMS for m in PAPER_METHODS[p]}
+    assert {j.source for j in grid} == {"synthetic"} and len(seeds) >= 2
+    assert all(j.options["max_steps_per_epoch"] <= 2 for j in grid)
+
+
+def test_committed_smoke_reference_is_done():
+    """The committed smoke store holds every run its grid (and the seed reruns) expects."""
+    from bench.gridsearch.smoke import expected_jobs
+
+    out = ROOT / "results" / "gridsearch" / "smoke"
+    grid, reruns = expected_jobs(out, False, plan_from_argv)
+    store = RunStore(out)
+    assert reruns, "no best setting chosen"
+    assert all(store.is_done(j.run_id) for j in grid + reruns)
