@@ -6,6 +6,8 @@
     curvbench gridsearch best                     # the chosen setting per (problem, method)
     curvbench gridsearch smoke                    # tiny synthetic grid, kill -9, resume, figures
     curvbench gridsearch unlock                   # remove stale run locks (--force: live ones)
+    curvbench gridsearch export --format deepobs OUT   # our runs as DeepOBS result JSON
+    curvbench gridsearch import-deepobs DIR        # DeepOBS results as baselines of the figures
 
 Every run is identified by a hash of its config; rerunning skips finished runs, resumes
 interrupted ones from their last epoch checkpoint, and a changed grid reuses what matches.
@@ -33,6 +35,7 @@ from bench.gridsearch.grid import (
     PAPER_DAMPINGS,
     PAPER_LRS,
     PAPER_METHODS,
+    SOURCES,
     RunConfig,
     grid,
 )
@@ -116,7 +119,13 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--batch-size", type=opt.positive_int, default=None, help="default: the problem's"
     )
-    g.add_argument("--source", choices=("cifar", "synthetic"), default="cifar")
+    g.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="real",
+        help="data: real (the problem's data set), synthetic (same shapes), or the real data "
+        "by family name, cifar / mnist (cifar: the name earlier stores used; same run ids)",
+    )
     g.add_argument(
         "--average",
         choices=("mean", "fresh"),
@@ -397,6 +406,30 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a store's done runs as DeepOBS result JSON (``bench.gridsearch.deepobs_io``)."""
+    from bench.gridsearch.deepobs_io import export_store
+
+    try:
+        written = export_store(RunStore(args.store), args.out)
+    except FileExistsError as err:
+        raise UsageError(str(err)) from None
+    print(f"export: {len(written)} DeepOBS result file(s) under {args.out}")
+    return 0
+
+
+def cmd_import_deepobs(args: argparse.Namespace) -> int:
+    """Copy DeepOBS result JSON into a store's ``deepobs/`` folder (drawn as baselines)."""
+    from bench.gridsearch.deepobs_io import BASELINE_FOLDER, DeepOBSFormatError, import_deepobs
+
+    try:
+        copied = import_deepobs(args.src, RunStore(args.store))
+    except (DeepOBSFormatError, FileExistsError) as err:
+        raise UsageError(str(err)) from None
+    print(f"import-deepobs: {len(copied)} file(s) into {Path(args.store) / BASELINE_FOLDER}")
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     """Run the smoke grid with a kill -9 and a resume, check the store, build the figures."""
     from bench.gridsearch.smoke import SmokeRefused, run_smoke
@@ -602,6 +635,32 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     throughput.add_argument("--epochs", type=opt.positive_int, default=1, help="epochs per run")
     throughput.add_argument("--steps", type=opt.positive_int, default=5, help="steps per epoch")
     throughput.set_defaults(gridsearch_func=cmd_throughput)
+
+    export = sub.add_parser(
+        "export",
+        help="write a store's runs as DeepOBS result JSON (<problem>/<optimizer>/<setting>/)",
+        description="Write every finished or diverged run of a store as a DeepOBS 1.1.2 result "
+        "file in DeepOBS's folder layout, readable by deepobs.analyzer (docs/gridsearch.md).",
+    )
+    export.add_argument("out", type=opt.output_dir, metavar="OUT", help="output folder")
+    export.add_argument("--format", choices=("deepobs",), default="deepobs", help="deepobs")
+    export.add_argument(
+        "--store", type=opt.existing_dir, default=DEFAULT_OUT, help="the run store (%(default)s)"
+    )
+    export.set_defaults(gridsearch_func=cmd_export)
+
+    importer = sub.add_parser(
+        "import-deepobs",
+        help="add DeepOBS result JSON to a store's figures as labelled baselines",
+        description="Check and copy every DeepOBS result (*.json) under DIR into "
+        "<store>/deepobs/<problem>/<optimizer>/<setting>/; the learning-curve figures draw "
+        "them dotted as 'DeepOBS baseline'.",
+    )
+    importer.add_argument("src", type=Path, metavar="DIR", help="DeepOBS results (or one file)")
+    importer.add_argument(
+        "--store", type=opt.existing_dir, default=DEFAULT_OUT, help="the run store (%(default)s)"
+    )
+    importer.set_defaults(gridsearch_func=cmd_import_deepobs)
 
     smoke = sub.add_parser(
         "smoke",

@@ -5,9 +5,11 @@ sub-folder holding run sidecars (``paper/``, ``smoke/``) as a run store, and wri
 
 * ``<plots_dir>/gridsearch/<store>/heatmap_<problem>_<source>_<method>.{pdf,png}``: final
   validation accuracy over the alpha x lambda grid (grid seed 42), the best cell outlined;
-* ``<plots_dir>/gridsearch/<store>/curves_<problem>_<source>.{pdf,png}``: DeepOBS-style learning
-  curves (test loss, train loss, test accuracy, train accuracy over epochs) of each method's best
-  setting, median and quartiles over its seeds, baselines included;
+* ``<plots_dir>/gridsearch/<store>/gridsearch_fig7_<problem>_<source>.{pdf,png}``: the paper's
+  Fig. 7 and its appendix learning curves: DeepOBS's four panels (test loss, train loss, test
+  accuracy, train accuracy over epochs) of each method's best setting, median and quartiles over
+  its seeds (curvatures dashed, SGD-momentum and Adam solid), and the DeepOBS results imported
+  into the store (``bench.gridsearch.deepobs_io``) dotted, labelled "DeepOBS baseline";
 * ``<results_dir>/REPORT.md``: final test accuracy per method and problem (median over seeds)
   beside the paper's numbers (``gridsearch.md`` §5.6) and DeepOBS's baselines (§6).
 
@@ -18,16 +20,35 @@ damping, ascending).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from bench.gridsearch.deepobs_io import load_baselines
 from bench.gridsearch.grid import CURVATURE_METHODS, GRID_SEED, METHODS
 from bench.gridsearch.store import RunStore, load_runs
 
 #: Paper's final test accuracy (medians over 10 seeds, ``gridsearch.md`` §5.6), percent.
 PAPER_TEST_ACC = {
+    "mnist_logreg": {
+        "DiagGGNExact": 92.68,
+        "DiagGGNMC": 92.70,
+        "KFAC": 92.45,
+        "KFLR": 92.46,
+        "KFRA": 92.46,
+        "Adam": 92.65,
+        "Momentum": 92.47,
+    },
+    "fmnist_2c2d": {
+        "DiagGGNExact": 92.36,
+        "DiagGGNMC": 92.33,
+        "KFAC": 92.57,
+        "KFLR": 92.64,
+        "Adam": 92.25,
+        "Momentum": 92.24,
+    },
     "cifar10_3c3d": {
         "DiagGGNExact": 82.37,
         "DiagGGNMC": 83.70,
@@ -91,8 +112,28 @@ def _setting_runs(table: pd.DataFrame, best: pd.Series) -> pd.DataFrame:
     return table[same]
 
 
-def _label(problem: str, source: str) -> str:
-    return f"{problem}_{source}"
+def _label(family: dict, table: pd.DataFrame) -> str:
+    """Return ``<problem>_<source>`` (+ an options tag where the store has several such families).
+
+    E.g. full epochs (``full``) beside ``max_steps_per_epoch`` runs (``steps10``).
+    """
+    label = f"{family['problem']}_{family['source']}"
+    same = table[(table["problem"] == family["problem"]) & (table["source"] == family["source"])]
+    if same["options"].nunique() > 1:
+        options = json.loads(family["options"])
+        steps = options.get("max_steps_per_epoch")
+        tag = f"steps{steps}" if steps else "full"
+        others = same[same["options"] != family["options"]]["options"].map(json.loads)
+        if any(o.get("max_steps_per_epoch") == steps for o in others):
+            tag += "_" + hashlib.sha1(family["options"].encode()).hexdigest()[:6]
+        label += f"_{tag}"
+    return label
+
+
+def _data_note(family: dict) -> str:
+    """Return the source and the steps per epoch of a truncated family."""
+    steps = json.loads(family["options"]).get("max_steps_per_epoch")
+    return family["source"] + (f", {steps} steps/epoch" if steps else "")
 
 
 def heatmaps(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> list[Path]:
@@ -126,7 +167,7 @@ def heatmaps(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> list[Path]
         ax.set_facecolor("#dddddd")  # diverged / missing cells
         ax.set_xlabel(r"learning rate $\alpha$")
         ax.set_ylabel(r"damping $\lambda$")
-        ax.set_title(f"{family['problem']} ({family['source']}): {family['method']}")
+        ax.set_title(f"{family['problem']} ({_data_note(family)}): {family['method']}")
         chosen = best[(best["method"] == family["method"])]
         for key in FAMILY:
             chosen = chosen[chosen[key] == family[key]]
@@ -134,7 +175,7 @@ def heatmaps(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> list[Path]
             col = list(pivot.columns).index(chosen.iloc[0]["lr"])
             row = list(pivot.index).index(chosen.iloc[0]["damping"])
             ax.add_patch(Rectangle((col, row), 1, 1, fill=False, edgecolor="red", lw=2))
-        stem = f"heatmap_{_label(family['problem'], family['source'])}_{family['method']}"
+        stem = f"heatmap_{_label(family, table)}_{family['method']}"
         paths += save(fig, plots, stem)
     return paths
 
@@ -150,8 +191,33 @@ def _quartile_curves(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     )
 
 
-def learning_curves(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> list[Path]:
-    """DeepOBS-style 4-panel learning curves of the best settings (median and quartiles)."""
+#: Colours of the imported DeepOBS baselines (dotted), by DeepOBS optimizer name.
+BASELINE_COLORS = {"SGD": "#000000", "MomentumOptimizer": "#8c564b", "Adam": "#e377c2"}
+
+
+def _draw_baselines(axes, baselines: pd.DataFrame, problem: str) -> None:
+    """Draw the best imported DeepOBS setting per optimizer (median, quartiles; dotted)."""
+    from bench.gridsearch.deepobs_io import best_baselines
+
+    picks = best_baselines(baselines, problem)
+    for optimizer, runs in picks.groupby("optimizer", sort=True):
+        color = BASELINE_COLORS.get(optimizer, "#bcbd22")
+        label = f"DeepOBS baseline: {optimizer} ({runs['file'].nunique()} runs)"
+        for ax, (column, _) in zip(axes, CURVE_PANELS):
+            if runs[column].isna().all():
+                continue
+            curve = _quartile_curves(runs, column)
+            ax.plot(curve.index, curve["median"], ":", color=color, label=label)
+            ax.fill_between(curve.index, curve["q1"], curve["q3"], color=color, alpha=0.1)
+
+
+def learning_curves(
+    table: pd.DataFrame, plots: Path, best: pd.DataFrame, baselines: pd.DataFrame | None = None
+) -> list[Path]:
+    """Fig. 7: DeepOBS-style 4-panel learning curves of the best settings (median, quartiles).
+
+    ``baselines``: imported DeepOBS results (``deepobs_io.load_baselines``), drawn beside ours.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -173,14 +239,16 @@ def learning_curves(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> lis
                         label=f"{pick['method']} ({seeds} seeds)")  # fmt: skip
                 ax.fill_between(curve.index, curve["q1"], curve["q3"], color=color, alpha=0.2)
                 ax.set_title(title)
+        if baselines is not None and not baselines.empty:
+            _draw_baselines(axes, baselines, family["problem"])
         for ax in axes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in axes[2:]:
             ax.set_xlabel("epoch")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="x-small")
-        fig.suptitle(f"{family['problem']} ({family['source']}), best settings")
-        paths += save(fig, plots, f"curves_{_label(family['problem'], family['source'])}")
+        fig.suptitle(f"{family['problem']} ({_data_note(family)}), best settings")
+        paths += save(fig, plots, f"gridsearch_fig7_{_label(family, table)}")
     return paths
 
 
@@ -206,7 +274,7 @@ def report_section(name: str, table: pd.DataFrame, best: pd.DataFrame) -> list[s
             f"Options: `{json.dumps(options, sort_keys=True)}`",
             "",
         ]
-        if family["source"] != "cifar":
+        if family["source"] == "synthetic":
             lines += [
                 "> Synthetic data (smoke test): the paper's numbers are listed for the layout "
                 "only and are **not comparable**.",
@@ -270,7 +338,7 @@ def make_all(results_dir: str | Path, plots_dir: str | Path) -> list[Path]:
         best = best_runs(table)
         plots = plots_dir / "gridsearch" / ("root" if name == "." else name)
         paths += heatmaps(table, plots, best)
-        paths += learning_curves(table, plots, best)
+        paths += learning_curves(table, plots, best, load_baselines(store.root))
         lines += report_section(name, table, best)
         figure_names = sorted({p.stem for p in paths if p.parent == plots})
         lines += ["Figures: " + ", ".join(f"`{n}`" for n in figure_names), ""]

@@ -35,7 +35,15 @@ PAPER_METHODS = {
     "cifar100_allcnnc": ("DiagGGNMC", "KFAC", "Momentum", "Adam"),
     "cifar100_3c3d": ("DiagGGNMC", "KFAC", "Momentum", "Adam"),
     "cifar10_allcnnc": ("DiagGGNExact", "DiagGGNMC", "KFAC", "KFLR", "Momentum", "Adam"),
+    "mnist_logreg": (*CURVATURE_METHODS, *BASELINE_METHODS),
+    "fmnist_2c2d": ("DiagGGNExact", "DiagGGNMC", "KFAC", "KFLR", "Momentum", "Adam"),
 }
+#: The four problems the paper trained on (spec gridsearch §5.2), in its order.
+PAPER_PROBLEMS = ("mnist_logreg", "fmnist_2c2d", "cifar10_3c3d", "cifar100_allcnnc")
+
+#: Data sources (``problems.data.SOURCES``): ``real`` (the problem's own data set), ``synthetic``,
+#: and the family names ``cifar`` / ``mnist`` (the real data, refused for the other family).
+SOURCES = ("real", "synthetic", "cifar", "mnist")
 
 DONE = ("finished", "diverged")
 STATUSES = ("pending", "running", "interrupted", "finished", "diverged", "failed")
@@ -44,6 +52,33 @@ STATUSES = ("pending", "running", "interrupted", "finished", "diverged", "failed
 def _canonical_float(x: float | None) -> str | None:
     """Ten significant digits, so ``1e-3`` and ``np.logspace(-4, 0, 5)[1]`` hash the same."""
     return None if x is None else format(float(x), ".10g")
+
+
+def data_family(problem: str) -> str:
+    """Return ``"cifar"`` for the CIFAR problems, else ``"mnist"`` ((Fashion-)MNIST)."""
+    return "cifar" if problem.startswith("cifar") else "mnist"
+
+
+def canonical_source(problem: str, source: str) -> str:
+    """Return the source as the run's identity spells it.
+
+    The real data has three names (``real``, and the family's ``cifar`` or ``mnist``); they load
+    the same images, so they hash the same. CIFAR's real data is spelt ``"cifar"`` (the only
+    name before MNIST existed, so earlier stores keep their run ids), (Fashion-)MNIST's
+    ``"real"``.
+
+    Raises:
+        ValueError: an unknown source, or a family source for the other family.
+
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
+    if source == "synthetic":
+        return source
+    family = data_family(problem)
+    if source in ("cifar", "mnist") and source != family:
+        raise ValueError(f"source {source!r} does not fit {problem} (a {family} problem)")
+    return "cifar" if family == "cifar" else "real"
 
 
 def check_method(method: str) -> str:
@@ -65,7 +100,8 @@ class RunConfig:
         seed: seeds the model init, the data order and augmentation, dropout and MC samples.
         epochs: training epochs (evaluations: ``epochs + 1``).
         batch_size: the training batch size.
-        source: ``"cifar"`` or ``"synthetic"``.
+        source: a data source (:data:`SOURCES`): ``"real"``, ``"synthetic"``, or the real data
+            by its family's name (``"cifar"``, ``"mnist"``); see :func:`canonical_source`.
         options: further settings that change results, e.g. ``average`` (``"mean"``: running
             mean since the start, the paper's code; ``"fresh"``: this batch's curvature, the paper's
             text), ``inverse_every`` (k), ``max_steps_per_epoch`` (smoke-only truncation),
@@ -81,7 +117,7 @@ class RunConfig:
     seed: int = GRID_SEED
     epochs: int = 1
     batch_size: int = 128
-    source: str = "cifar"
+    source: str = "real"
     options: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
 
@@ -91,8 +127,7 @@ class RunConfig:
             raise ValueError(f"{self.method} needs a damping value")
         if self.method in BASELINE_METHODS and self.damping is not None:
             raise ValueError(f"baseline {self.method} takes no damping (got {self.damping})")
-        if self.source not in ("cifar", "synthetic"):
-            raise ValueError(f"unknown source {self.source!r}; valid: cifar, synthetic")
+        canonical_source(self.problem, self.source)
 
     @property
     def is_curvature(self) -> bool:
@@ -109,7 +144,7 @@ class RunConfig:
             "seed": int(self.seed),
             "epochs": int(self.epochs),
             "batch_size": int(self.batch_size),
-            "source": self.source,
+            "source": canonical_source(self.problem, self.source),
             "options": json.loads(json.dumps(self.options, sort_keys=True)),
         }
 

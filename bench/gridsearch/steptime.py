@@ -59,7 +59,7 @@ def measure(
     """Measure median step times and their ratio to SGD-momentum per problem and method.
 
     Args:
-        problem_names: problems (both networks: cifar10_3c3d, cifar100_allcnnc).
+        problem_names: problems (any; the input is random of the problem's input shape).
         methods: methods to time; ``Momentum`` is the reference and always included.
         batch_size: the batch size.
         rounds: timed rounds (after one warm-up round).
@@ -80,7 +80,7 @@ def measure(
     for name in problem_names:
         problem = problems.get(name)
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(dev)
+        x = torch.randn(batch_size, *problem.input_shape, generator=gen).to(dev)
         y = torch.randint(0, problem.num_classes, (batch_size,), generator=gen).to(dev)
         steps = {m: _step_fn(problem, m, dev, x, y, backend) for m in methods}
         times: dict[str, list[float]] = {m: [] for m in methods}

@@ -69,6 +69,24 @@ def _data_placeholder(*args: Any, **kwargs: Any) -> None:
     raise RuntimeError("deepobs datasets are stubbed in tests (torchvision is not installed)")
 
 
+def import_with_stubs(stubs: dict[str, types.ModuleType], names: list[str]) -> list[Any]:
+    """Import ``names`` with the ``deepobs`` entries of ``sys.modules`` replaced by ``stubs``.
+
+    Afterwards ``sys.modules`` is restored: the returned modules keep working, nothing stubbed
+    leaks into other tests.
+    """
+    saved = {k: v for k, v in sys.modules.items() if k == "deepobs" or k.startswith("deepobs.")}
+    for key in saved:
+        del sys.modules[key]
+    sys.modules.update(stubs)
+    try:
+        return [importlib.import_module(name) for name in names]
+    finally:
+        for key in [k for k in sys.modules if k == "deepobs" or k.startswith("deepobs.")]:
+            del sys.modules[key]
+        sys.modules.update(saved)
+
+
 def load_deepobs() -> DeepOBSReference:
     """Import DeepOBS's PyTorch nets and problems via stub packages.
 
@@ -97,20 +115,14 @@ def load_deepobs() -> DeepOBSReference:
         setattr(module, dataset, _data_placeholder)
         stubs[module.__name__] = module
 
-    saved = {k: v for k, v in sys.modules.items() if k == "deepobs" or k.startswith("deepobs.")}
-    for key in saved:
-        del sys.modules[key]
-    sys.modules.update(stubs)
+    names = [
+        "deepobs.pytorch.testproblems.testproblems_modules",
+        *(f"deepobs.pytorch.testproblems.{name}" for _, _, name in DEEPOBS_NETS.values()),
+    ]
     try:
-        modules = importlib.import_module("deepobs.pytorch.testproblems.testproblems_modules")
-        problem_modules = {
-            name: importlib.import_module(f"deepobs.pytorch.testproblems.{name}")
-            for _, _, name in DEEPOBS_NETS.values()
-        }
+        loaded = import_with_stubs(stubs, names)
     except ImportError as err:
         raise DeepOBSUnavailable(f"deepobs does not import here: {err}") from err
-    finally:
-        for key in [k for k in sys.modules if k == "deepobs" or k.startswith("deepobs.")]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+    modules = loaded[0]
+    problem_modules = {m.__name__.rsplit(".", 1)[1]: m for m in loaded[1:]}
     return DeepOBSReference(modules=modules, problem_modules=problem_modules)

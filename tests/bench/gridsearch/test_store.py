@@ -51,7 +51,7 @@ def test_run_id_changes_with_what_changes_results(change):
         ({"method": "LBFGS"}, "valid methods: DiagGGNExact"),
         ({"method": "KFAC", "damping": None}, "needs a damping"),
         ({"method": "Adam", "damping": 0.1}, "takes no damping"),
-        ({"source": "imagenet"}, "valid: cifar, synthetic"),
+        ({"source": "imagenet"}, "valid: real, synthetic, cifar, mnist"),
     ],
     ids=["unknown_method", "curvature_without_damping", "baseline_with_damping", "source"],
 )
