@@ -79,6 +79,22 @@ class OursStep(Step):
         self._stack.close()
 
 
+class OursPerStepStep(Step):
+    """A training step that opens ``extensions.collect`` around each step (BackPACK's pattern).
+
+    ``with extensions.collect(...)`` is entered and left in every call, as a user writes
+    ``with backpack(...):`` around each backward; the results stay readable after the context.
+    """
+
+    def backward_with_quantity(self, inputs: Tensor, targets: Tensor) -> PerParam | None:
+        """Enter the context, forward, loss, backward, leave; keep the quantity."""
+        import extensions
+
+        with extensions.collect(self.model, self.loss_fn, self.quantity) as collected:
+            super().backward_with_quantity(inputs, targets)
+        return dict(collected[self.quantity])
+
+
 class OursBackend(BaseBackend):
     """Our own ``extensions`` package (``extensions.compute``)."""
 
@@ -317,10 +333,22 @@ class LoopBackend(BaseBackend):
         return LoopStep(model, loss_fn, quantity)
 
 
+class OursPerStepBackend(OursBackend):
+    """Ours with ``extensions.collect`` opened around every step (the per-step usage pattern)."""
+
+    name = "ours_perstep"
+
+    def _make_step(self, model: nn.Module, loss_fn: nn.Module, quantity: str) -> Step:
+        if quantity == GRAD:
+            return OursStep(model, loss_fn, quantity)
+        return OursPerStepStep(model, loss_fn, quantity)
+
+
 #: backend name -> factory, in the order tables and figures list them
 BACKENDS: dict[str, Callable[[], BaseBackend]] = {
     "pytorch": PytorchBackend,
     "ours": OursBackend,
+    "ours_perstep": OursPerStepBackend,
     "backpack": BackpackBackend,
     "backpack_savemem": BackpackSaveMemoryBackend,
     "torch.func": FuncBackend,

@@ -41,6 +41,7 @@ from bench.spec import GRAD, QUANTITIES  # noqa: E402
 BACKEND_COLORS = {
     "pytorch": "#4d4d4d",
     "ours": "#d62728",
+    "ours_perstep": "#f4a6a6",
     "backpack": "#1f77b4",
     "backpack_savemem": "#9ecae1",
     "torch.func": "#2ca02c",
@@ -53,6 +54,7 @@ BACKEND_COLORS = {
 BACKEND_LABELS = {
     "pytorch": "gradient",
     "ours": "ours",
+    "ours_perstep": "ours (collect per step)",
     "backpack": "BackPACK",
     "backpack_savemem": "BackPACK (save-mem conv)",
     "torch.func": "torch.func",

@@ -113,7 +113,7 @@ def test_backpack_clear_drops_its_per_parameter_fields(problem):
 
 
 def test_unknown_backend_lists_valid_names():
-    with pytest.raises(ValueError, match="valid backends: pytorch, ours, backpack"):
+    with pytest.raises(ValueError, match="valid backends: pytorch, ours, ours_perstep, backpack"):
         get_backend("nope")
 
 
@@ -129,3 +129,22 @@ def test_missing_package_makes_backend_unavailable():
 
     ok, why = Missing().available()
     assert not ok and "curvbench_no_such_module_xyz" in why
+
+
+def test_per_step_pattern_leaves_no_hooks_and_equals_the_long_context(problem):
+    """``ours_perstep`` opens ``collect`` per step: same results as ``ours``, hooks gone after."""
+    _available("ours")
+    x, y = problem[1], problem[2]
+    long_lived = _run("ours", "BatchGrad", problem)
+    per_step = _run("ours_perstep", "BatchGrad", problem)
+    for name, value in long_lived.results.items():
+        torch.testing.assert_close(per_step.results[name], value)
+    model = per_step.model
+    hooks = [
+        m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+    ]
+    assert hooks == [], "the per-step context must remove its hooks when the step ends"
+    first = per_step.results
+    per_step(x, y)  # a second step: a new context; the first step's held result is untouched
+    for name, value in long_lived.results.items():
+        torch.testing.assert_close(first[name], value)
