@@ -16,4 +16,4 @@ def test_smoke_kill_and_resume(tmp_path):
     names = {p.name for p in report.figures}
     assert "REPORT.md" in names
     assert "heatmap_cifar10_3c3d_synthetic_DiagGGNMC.png" in names
-    assert "curves_cifar10_3c3d_synthetic.png" in names
+    assert "gridsearch_fig7_cifar10_3c3d_synthetic.png" in names  # Fig. 7 learning curves
