@@ -192,8 +192,9 @@ def add_name_arguments(parser: Any, problems: Sequence[str]) -> None:
         nargs="+",
         default=list(QUANTITIES),
         metavar="Q",
-        type=options.one_of(QUANTITIES, "quantity"),
-        help=f"quantities to time (default: all ten: {' '.join(QUANTITIES)}); grad always runs",
+        type=options.one_of((*QUANTITIES, *NEW_QUANTITIES), "quantity"),
+        help=f"quantities to time (default: all ten: {' '.join(QUANTITIES)}; also "
+        f"{' '.join(NEW_QUANTITIES)}); grad always runs",
     )
 
 
