@@ -58,7 +58,7 @@ CASES = [
     Case(
         _overhead("--backends", "jax"),
         2,
-        "argument --backends: unknown backend 'jax'; valid: ours, backpack",
+        "argument --backends: unknown backend 'jax'; valid: ours, ours_perstep, backpack",
     ),
     # every measurement fails (the tiny problems have no data source for paper mode): exit 1
     Case(["overhead", *TINY, "--mode", "paper"], 1, "every measurement failed"),
