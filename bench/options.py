@@ -149,7 +149,7 @@ def existing_dir(text: str) -> Path:
     """Accept a folder that exists."""
     path = Path(text)
     if not path.is_dir():
-        what = "a file, not a folder" if path.exists() else "does not exist"
+        what = "is a file, not a folder" if path.exists() else "does not exist"
         raise argparse.ArgumentTypeError(f"{text!r} {what}")
     return path
 

@@ -66,7 +66,7 @@ CASES = [
     Case(
         ["figures", "--results", "results/overhead/reference/cpu-2core.csv"],
         2,
-        "cpu-2core.csv' a file, not a folder",
+        "cpu-2core.csv' is a file, not a folder",
     ),
 ]
 
