@@ -4,7 +4,8 @@
 
 1. starts ``python -m bench gridsearch run <tiny grid> -j 1`` in its own process group;
 2. polls the store until one run finished and another is mid-way (checkpointed after an epoch,
-   still running), then SIGKILLs the whole group;
+   still running), freezes the group (SIGSTOP), reads the store again to be sure the moment
+   has not passed (a run's last epoch can be shorter than a poll), then SIGKILLs the group;
 3. reruns the same command, which skips finished runs and resumes the interrupted one;
 4. checks: every expected run finished (or diverged), no run finished before the kill was redone
    (its sidecar, with ``attempts`` and ``finished_at``, is unchanged), the interrupted run
@@ -140,6 +141,21 @@ def _kill_point(store: RunStore, grid: list[RunConfig]) -> tuple[list[str], list
     return finished, midway
 
 
+def _frozen_at_kill_point(proc: subprocess.Popen, store: RunStore, grid: list[RunConfig]) -> bool:
+    """Freeze the sweep (``SIGSTOP``) and say whether it still is at the kill point.
+
+    A run's last epoch can be shorter than one poll, so a run seen mid-way may have finished
+    by the time the kill lands. Reading the store again while the sweep is stopped makes the
+    check and the kill see the same state; the sweep is continued when the moment has passed.
+    """
+    os.killpg(proc.pid, signal.SIGSTOP)
+    finished, midway = _kill_point(store, grid)
+    if finished and midway:
+        return True
+    os.killpg(proc.pid, signal.SIGCONT)
+    return False
+
+
 def _check_csv(store: RunStore, cfg: RunConfig, status: str) -> list[str]:
     """Problems with a run's CSV (header, row count, epochs in order)."""
     path = store.csv_path(cfg.run_id)
@@ -203,12 +219,12 @@ def run_smoke(
     try:
         while True:
             finished, midway = _kill_point(store, grid)
-            if finished and midway:
+            if finished and midway and _frozen_at_kill_point(proc, store, grid):
                 break
             if proc.poll() is not None:
                 report.problems.append(f"sweep ended (rc {proc.returncode}) before the kill point")
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
