@@ -292,6 +292,7 @@ class RunStore:
         else:
             yield False
             return
+        self._remove_orphaned_temps(run_id)
         stop = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat, args=(run_id, mine.token, stop), daemon=True
@@ -306,6 +307,28 @@ class RunStore:
             if holder is not None and holder.token == mine.token:
                 with contextlib.suppress(FileNotFoundError):
                     self.lock_path(run_id).unlink()
+
+    def _remove_orphaned_temps(self, run_id: str) -> list[Path]:
+        """Remove the run's temporary files left by a writer killed mid-write.
+
+        An atomic write (CSV, sidecar, checkpoint) goes through a temporary file beside its
+        target; ``kill -9``, ``scancel`` or a node failure between its creation and the rename
+        leaves it behind. Only the lock's holder writes a run's files, so once the lock is ours
+        every temporary file of the run is an orphan.
+        """
+        patterns = (
+            (self.root, f".{run_id}.*.tmp"),  # CSV and sidecar (results_io's atomic writes)
+            (self.checkpoint_path(run_id).parent, f"{run_id}.pt*.tmp"),  # checkpoints
+        )
+        removed = []
+        for folder, pattern in patterns:
+            for path in folder.glob(pattern) if folder.is_dir() else ():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+        if removed:
+            log.info("run %s: removed %d orphaned temporary file(s)", run_id, len(removed))
+        return removed
 
     def _heartbeat(self, run_id: str, token: str, stop: threading.Event) -> None:
         """Touch the lock every ``heartbeat_s`` while it is still ours."""

@@ -151,3 +151,30 @@ def test_lock_without_hard_links_is_still_exclusive(tmp_path, monkeypatch):
     store.lock_path(RUN).write_text("")  # the instant between create and write
     with store.lock(RUN) as held:
         assert not held
+
+
+def test_taking_a_runs_lock_removes_only_its_orphaned_temporary_files(tmp_path):
+    """A writer killed mid-write (kill -9, scancel) leaves its atomic write's temporary file;
+    the next holder of the run's lock removes the run's own, and nothing else."""
+    other = "fedcba9876543210"
+    store = RunStore(tmp_path, lock_ttl_s=60)
+    store.write_rows(RUN, [])
+    store.write_sidecar(RUN, {"status": "running"})
+    store.checkpoint_path(RUN).parent.mkdir(parents=True)
+    orphans = [
+        tmp_path / f".{RUN}.csv.k3x9q.tmp",  # results_io.atomic_write_csv
+        tmp_path / f".{RUN}.json.a1b2c.tmp",  # results_io.atomic_write_json
+        store.checkpoint_path(RUN).with_name(f"{RUN}.pt.4242.tmp"),  # train._save_checkpoint
+    ]
+    kept = [
+        tmp_path / f".{other}.csv.zz9.tmp",  # another run's writer may be alive
+        store.checkpoint_path(other).with_name(f"{other}.pt.77.tmp"),
+        tmp_path / "notes.tmp",  # not ours at all
+    ]
+    for path in orphans + kept:
+        path.write_text("partial")
+    with store.lock(RUN) as held:
+        assert held
+        assert [p for p in orphans if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert store.csv_path(RUN).exists() and store.sidecar_path(RUN).exists()
