@@ -209,7 +209,15 @@ def _no_work(*args, **kwargs):
 
 @pytest.mark.parametrize("command", ["compare_table", "gate", "profile_step", "overhead"])
 def test_device_cuda_without_cuda_is_one_line_before_any_work(command, monkeypatch, capsys):
-    from bench.overhead import cli, compare_table, gate, profile_step
+    from bench.overhead import (
+        cli,
+        cli_compare_table,
+        cli_gate,
+        cli_profile_step,
+        compare_table,
+        gate,
+        profile_step,
+    )
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(compare_table, "measure", _no_work)
@@ -220,9 +228,9 @@ def test_device_cuda_without_cuda_is_one_line_before_any_work(command, monkeypat
     if command == "profile_step":
         argv = ["tiny_cnn", "KFAC", *argv]
     main = {
-        "compare_table": compare_table.main,
-        "gate": gate.main,
-        "profile_step": profile_step.main,
+        "compare_table": cli_compare_table.main,
+        "gate": cli_gate.main,
+        "profile_step": cli_profile_step.main,
         "overhead": cli.main,
     }[command]
     assert main(argv) == 2
