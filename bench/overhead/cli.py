@@ -202,11 +202,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the standalone parser (``python -m bench.overhead.cli``)."""
+    """Return the standalone parser (``python -m bench.overhead``)."""
     return _configure(
-        argparse.ArgumentParser(
-            prog="python -m bench.overhead.cli", description=options_plain(__doc__)
-        )
+        argparse.ArgumentParser(prog="python -m bench.overhead", description=options_plain(__doc__))
     )
 
 
