@@ -46,7 +46,7 @@ overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) on this machine 
 	$(VENV)/bin/curvbench overhead $(ARGS)
 
 overhead-table: $(STAMP) ## ours vs BackPACK, per quantity, both networks, batch 128 (the extensions issue's table)
-	$(PY) -m bench.overhead.compare_table $(ARGS)
+	$(PY) -m bench.overhead.cli_compare_table $(ARGS)
 
 figures: $(STAMP) ## rebuild plots/ and the REPORT.md files from the committed CSVs (overhead: results/overhead/reference/*.csv)
 	$(VENV)/bin/curvbench figures $(ARGS)

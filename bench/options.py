@@ -13,6 +13,9 @@ code 2 and one line that names the option, the value and what is valid::
 Checks that need the machine (is CUDA there?) run when the work starts, not at parse time, since
 a SLURM submission from a login node may name a device the submitting host lacks:
 :func:`require_device`.
+
+A CLI helper: only command-line modules (``cli.py``, ``cli_*.py``, ``__main__.py``,
+``bench/commands/``) import it, as only they import ``argparse`` (``tests/test_import_graph.py``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The overhead figures come from the committed references, results/overhead/reference/*.csv (one
 set of figures per machine) and reference/presets/<fig8|fig9>-<machine>.csv (Fig. 8, Fig. 9);
 to plot this machine's own run (results/overhead/local/), use
-python -m bench.overhead.figures --csv FILE --plots DIR.
+python -m bench.overhead.cli_figures --csv FILE --plots DIR.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Time on-device augmentation against a cifar10_3c3d training step (target: < 10 %).
 
-    .venv/bin/python -m bench.gridsearch.augment_cost                       # CPU, 2 threads
-    .venv/bin/python -m bench.gridsearch.augment_cost --device cuda --rounds 50
+    .venv/bin/python -m bench.gridsearch.cli_augment_cost                       # CPU, 2 threads
+    .venv/bin/python -m bench.gridsearch.cli_augment_cost --device cuda --rounds 50
 
 Measures, in one process and interleaved round by round, (a) augmenting a batch of 256 uint8
 images already on the device (crop + flip + jitter + normalise), (b) the same plus fetching the
@@ -15,7 +15,6 @@ Data: the synthetic source (same shapes and dtype as CIFAR), so no download is n
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+import problems
 from problems.data import load_problem_data
 from problems.data.augment import augment
 
@@ -43,30 +43,6 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int) -> f
     return (time.perf_counter() - start) / repeats
 
 
-def _model_3c3d(device: torch.device) -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor]]:
-    """Build the cifar10_3c3d network and its L2 term (from ``problems`` if it is there)."""
-    try:
-        import problems
-
-        problem = problems.get("cifar10_3c3d")
-        return problem.model(device=device), problem.l2_penalty
-    except (ImportError, AttributeError, KeyError):  # fallback: problems.md §1.2, no init details
-        pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
-        net = nn.Sequential(
-            nn.Conv2d(3, 64, 5), nn.ReLU(), pool(),
-            nn.Conv2d(64, 96, 3), nn.ReLU(), pool(),
-            nn.Conv2d(96, 128, 3, padding=1), nn.ReLU(), pool(),
-            nn.Flatten(), nn.Linear(1152, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
-            nn.Linear(256, 10),
-        )  # fmt: skip
-
-        def l2(model: nn.Module) -> torch.Tensor:
-            weights = [p for n, p in model.named_parameters() if "bias" not in n]
-            return 0.001 * sum(p.pow(2).sum() for p in weights)
-
-        return net.to(device), l2
-
-
 def run(device: str, rounds: int, repeats: int, threads: int, seed: int) -> dict[str, float]:
     """Time the three operations interleaved; return medians (s) and ratio statistics."""
     torch.set_num_threads(threads)
@@ -75,7 +51,8 @@ def run(device: str, rounds: int, repeats: int, threads: int, seed: int) -> dict
         "cifar10_3c3d", source="synthetic", seed=seed, device=dev, n_train=5000, n_test=1000
     )
     torch.manual_seed(seed)
-    model, l2 = _model_3c3d(dev)
+    problem = problems.get("cifar10_3c3d")
+    model, l2 = problem.model(device=dev), problem.l2_penalty
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = nn.CrossEntropyLoss()
     x_step, y_step = data.sample_train_batch(128)
@@ -108,37 +85,3 @@ def run(device: str, rounds: int, repeats: int, threads: int, seed: int) -> dict
         out[f"{name}_ratio"] = statistics.median(ratios)
         out[f"{name}_ratio_iqr"] = q[2] - q[0]
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.gridsearch.augment_cost",
-        description="Augmenting 256 images vs one cifar10_3c3d training step at batch 128.",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
-    parser.add_argument("--repeats", type=int, default=3, help="calls per timing (default 3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.rounds < 2 or args.repeats < 1:
-        parser.error("--rounds must be >= 2 and --repeats >= 1")
-    res = run(args.device, args.rounds, args.repeats, args.threads, args.seed)
-    print(f"device {args.device}, threads {args.threads}, {args.rounds} rounds x {args.repeats}")
-    print(
-        f"medians: augment 256 {res['augment256_median_s'] * 1e3:.2f} ms, fetch+augment 256 "
-        f"{res['fetch_augment256_median_s'] * 1e3:.2f} ms, 3c3d step 128 "
-        f"{res['step128_median_s'] * 1e3:.2f} ms (machine-dependent)"
-    )
-    for name, label in (("augment256", "augment"), ("fetch_augment256", "fetch+augment")):
-        ratio, iqr = res[f"{name}_ratio"], res[f"{name}_ratio_iqr"]
-        verdict = "meets" if ratio < 0.10 else "MISSES"
-        print(
-            f"ratio {label} 256 / step 128: {ratio:.3f} (IQR {iqr:.3f}), {verdict} the 10% target"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -96,20 +96,10 @@ class OursPerStepStep(Step):
 
 
 class OursBackend(BaseBackend):
-    """Our own ``extensions`` package (``extensions.compute``)."""
+    """Our own ``extensions`` package (``extensions.collect``): always available."""
 
     name = "ours"
     quantities = QUANTITIES
-
-    def available(self) -> tuple[bool, str]:
-        """Available once ``extensions.compute`` exists."""
-        try:
-            import extensions
-        except ImportError as err:
-            return False, f"ours: cannot import extensions ({err})"
-        if not callable(getattr(extensions, "compute", None)):
-            return False, "ours: extensions.compute does not exist yet in this checkout"
-        return True, ""
 
     def supports(self, quantity: str) -> bool:
         """Have the ten quantities, and ``EKFAC`` where ``extensions`` offers it (``EXTRA``)."""

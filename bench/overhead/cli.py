@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 _EPILOG = """\
@@ -38,6 +39,38 @@ with its file and line.
 DEFAULT_OUT_DIR = "results/overhead/local"
 
 
+def add_name_arguments(parser: argparse.ArgumentParser, problems: Sequence[str]) -> None:
+    """Add ``--problems`` (default ``problems``) and ``--quantities`` (default: all) to ``parser``.
+
+    Both are validated at parse time; the help and the errors list the valid names (the tiny test
+    problems are accepted but not listed). ``curvbench overhead`` and
+    ``python -m bench.overhead.cli_compare_table`` share them.
+    """
+    from bench import options
+    from bench.overhead.peers import NEW_QUANTITIES
+    from bench.overhead.problem_setup import TINY_PROBLEMS, registered_problems
+    from bench.spec import QUANTITIES
+
+    valid = registered_problems()
+    parser.add_argument(
+        "--problems",
+        nargs="+",
+        default=list(problems),
+        metavar="NAME",
+        type=options.one_of_listed(valid, TINY_PROBLEMS, "problem"),
+        help=f"problems (default: {' '.join(problems)}; valid: {', '.join(valid)})",
+    )
+    parser.add_argument(
+        "--quantities",
+        nargs="+",
+        default=list(QUANTITIES),
+        metavar="Q",
+        type=options.one_of((*QUANTITIES, *NEW_QUANTITIES), "quantity"),
+        help=f"quantities to time (default: all ten: {' '.join(QUANTITIES)}; also "
+        f"{' '.join(NEW_QUANTITIES)}); grad always runs",
+    )
+
+
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the overhead flags to ``parser``."""
     from bench import options
@@ -47,7 +80,6 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         CPU_ROUNDS,
         DEFAULT_PROBLEMS,
         MODES,
-        add_name_arguments,
     )
 
     user_backends = [b for b in BACKENDS if b != "pytorch"]
@@ -170,11 +202,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the standalone parser (``python -m bench.overhead.cli``)."""
+    """Return the standalone parser (``python -m bench.overhead``)."""
     return _configure(
-        argparse.ArgumentParser(
-            prog="python -m bench.overhead.cli", description=options_plain(__doc__)
-        )
+        argparse.ArgumentParser(prog="python -m bench.overhead", description=options_plain(__doc__))
     )
 
 

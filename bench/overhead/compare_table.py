@@ -1,4 +1,4 @@
-"""Run: ``python -m bench.overhead.compare_table [--quick]`` (or ``make overhead-table``).
+"""Run: ``python -m bench.overhead.cli_compare_table [--quick]`` (or ``make overhead-table``).
 
 Ours vs. BackPACK, per quantity, on 3C3D and All-CNN-C at batch 128, measured in **one process**
 with the overhead benchmark's interleaved timer (``bench.overhead.run.run_group``): each cell is the
@@ -22,18 +22,14 @@ memory). ``--check`` exits 1 when a target is missed.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from bench import options, results_io
-from bench.overhead.plan import COLUMNS, KEY_COLUMNS, REFERENCE, Measurement, add_name_arguments
+from bench import results_io
+from bench.overhead.plan import COLUMNS, KEY_COLUMNS, REFERENCE, Measurement
 from bench.overhead.problem_setup import problem_setup
 from bench.overhead.run import RunOptions, run_group
 from bench.spec import C_COLUMN_QUANTITIES, GRAD
@@ -221,49 +217,3 @@ def render(rows: list[dict[str, Any]], problems: Sequence[str], quantities: Sequ
     lines.append("")
     lines.append(f"Targets missed: {missed}. Ratio = median step / median gradient step, same run.")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Measure and print the ours-vs-BackPACK table."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.overhead.compare_table",
-        description=options.plain(__doc__.split("\n\n")[1]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    options.one_line_errors(parser)
-    add_name_arguments(parser, PROBLEMS)
-    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 7")
-    parser.add_argument(
-        "--rounds", type=options.positive_int, help="timed rounds (overrides --quick)"
-    )
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        type=options.device,
-        help="cpu, cuda, cuda:N (default: cuda if any)",
-    )
-    parser.add_argument("--threads", type=options.positive_int, default=2)
-    parser.add_argument("--no-memory", dest="memory", action="store_false")
-    parser.add_argument(
-        "--csv",
-        help="also write the rows to this CSV, after every group; groups already complete in it "
-        "are kept, not re-measured (delete their rows to redo them)",
-    )
-    parser.add_argument("--out", help="also write the markdown table to this file")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    args = parser.parse_args(argv)
-    if not options.device_ok(args.device, parser.prog):
-        return 2
-    torch.set_num_threads(args.threads)
-    rounds = args.rounds or (2 if args.quick else 7)
-    rows = measure(args.problems, args.quantities, args.device, rounds, args.memory, args.csv)
-    table = render(rows, args.problems, args.quantities)
-    print(table)
-    if args.out:
-        results_io.atomic_write_text(args.out, table + "\n")
-    missed = "Targets missed: 0." not in table
-    return int(args.check and missed)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

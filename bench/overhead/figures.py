@@ -1,7 +1,7 @@
 """Figures of the overhead benchmark from its CSV (no compute): Fig. 6, Fig. 3 and peak memory.
 
     curvbench figures overhead        # results/overhead/reference/*.csv -> plots/overhead_*
-    python -m bench.overhead.figures --csv results/overhead/local/cpu-2core.csv --plots plots/local
+    python -m bench.overhead.cli_figures --csv results/overhead/local/*.csv --plots plots/local
 
 * ``overhead_fig6``: per problem (rows) and batch size (columns), the median step time of each
   quantity (x) for ours, BackPACK and BackPACK's save-memory path (bars, IQR whiskers), with the
@@ -20,8 +20,6 @@ each name ends in ``_<machine>`` (``_<machine>-<device>`` where one CSV holds se
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -304,18 +302,3 @@ def make_all(csv_paths: Sequence[str | Path], plots_dir: str | Path) -> list[Pat
             for builder in (fig6, fig3, memory):
                 paths += builder(df, plots_dir, mode, suffix=f"_{suffix}" if suffix else "")
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m bench.overhead.figures --csv ... --plots ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", nargs="+", default=["results/overhead/reference/cpu-2core.csv"])
-    parser.add_argument("--plots", default="plots")
-    args = parser.parse_args(argv)
-    for path in make_all(args.csv, args.plots):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

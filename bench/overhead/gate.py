@@ -1,7 +1,7 @@
 """The CI timing-regression gate: ours / gradient ratios against committed reference ratios.
 
-    python -m bench.overhead.gate            # measure and check (exit 1 when a quantity got slower)
-    python -m bench.overhead.gate --refresh  # re-measure; rewrites overhead/reference_ratios.json
+    python -m bench.overhead.cli_gate            # measure and check (exit 1 when one got slower)
+    python -m bench.overhead.cli_gate --refresh  # re-measure; rewrites reference_ratios.json
 
 The gate times one training step per quantity with ``ours`` and the plain gradient, interleaved
 in one process (``bench.overhead.run.run_group``) on the real 3C3D at a small batch, and compares
@@ -16,9 +16,7 @@ commit it.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bench import options, results_io
+from bench import results_io
 from bench.environment import collect_environment
 from bench.overhead.plan import REFERENCE, Measurement
 from bench.overhead.run import RunOptions, run_group
@@ -166,7 +164,7 @@ def refresh(
     }
     data["tolerance"] = {"factor": FACTOR, "slack": SLACK}
     data["how_to_refresh"] = (
-        "python -m bench.overhead.gate --refresh   (on a quiet machine; commit)"
+        "python -m bench.overhead.cli_gate --refresh   (on a quiet machine; commit)"
     )
     results_io.atomic_write_json(path, data)
     return ratios
@@ -182,55 +180,3 @@ def format_verdicts(verdicts: Sequence[Verdict]) -> str:
             f"{v.reason}"
         )
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Check (default) or refresh the reference ratios."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.overhead.gate",
-        description=options.plain(__doc__.split("\n\n")[0]),
-        epilog=options.plain(__doc__.split("\n\n", 1)[1]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    options.one_line_errors(parser)
-    parser.add_argument("--refresh", action="store_true", help="re-measure and store the reference")
-    parser.add_argument(
-        "--device",
-        default="cpu",
-        type=options.device,
-        help="cpu, cuda, cuda:N; the reference is kept per device type (default: cpu)",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=options.positive_int,
-        help=f"timed rounds (check {ROUNDS}, refresh 2x)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=options.positive_int,
-        default=3,
-        help="refresh: median of this many runs",
-    )
-    parser.add_argument("--reference", default=str(REFERENCE_PATH))
-    args = parser.parse_args(argv)
-    if not options.device_ok(args.device, parser.prog):
-        return 2
-    torch.set_num_threads(THREADS)
-    if args.refresh:
-        ratios = refresh(args.reference, args.device, args.rounds or 2 * ROUNDS, args.repeats)
-        print(f"gate: wrote {args.reference}")
-        print("\n".join(f"  {q:<15} {r:.2f}" for q, r in ratios.items()))
-        return 0
-    key = case_key(PROBLEM, BATCH_SIZE, args.device)
-    reference = reference_for(key, args.reference)
-    if reference is None:
-        print(f"gate: no reference for {key}; run `python -m bench.overhead.gate --refresh`")
-        return 2
-    measured = measure_ratios(device=args.device, rounds=args.rounds or ROUNDS)
-    verdicts = check(measured, reference)
-    print(format_verdicts(verdicts))
-    return 0 if all(v.ok for v in verdicts) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

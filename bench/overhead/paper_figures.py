@@ -1,7 +1,7 @@
 """The paper's appendix overhead figures (Fig. 8, Fig. 9) from the presets' CSVs (no compute).
 
     curvbench figures overhead     # results/overhead/reference/presets/<preset>-<machine>.csv
-    python -m bench.overhead.paper_figures --csv results/overhead/local/fig9-cpu-2core.csv
+    python -m bench.overhead.cli_paper_figures --csv results/overhead/local/fig9-cpu-2core.csv
 
 * ``overhead_fig8_<mode>_<machine>``: All-CNN-C / CIFAR-100, every quantity at one batch size
   (the Fig. 6 layout; the title carries the batch size and says when it is not the paper's 16).
@@ -13,8 +13,6 @@ A CSV's preset is the part of its file stem before the first ``-`` (``fig9-cpu-2
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -175,23 +173,3 @@ def make_all(csv_paths: Sequence[str | Path], plots_dir: str | Path) -> list[Pat
         for mode in dict.fromkeys(df["mode"]):
             paths += BUILDERS[preset_of(path)](df, plots_dir, mode, f"_{machine}", str(path))
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m bench.overhead.paper_figures --csv ... --plots ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", nargs="+", required=True)
-    parser.add_argument("--plots", default="plots")
-    args = parser.parse_args(argv)
-    try:
-        written = make_all(args.csv, args.plots)
-    except results_io.CSVFileError as err:
-        print(f"paper_figures: error: {err}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

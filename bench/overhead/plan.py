@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 
@@ -167,35 +166,6 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
                 if any(b.name == "backpack" for b in backends):
                     out.append(Measurement(problem, n, mode, str(device), "backpack", GRAD, note_n))
     return out
-
-
-def add_name_arguments(parser: Any, problems: Sequence[str]) -> None:
-    """Add ``--problems`` (default ``problems``) and ``--quantities`` (default: all) to ``parser``.
-
-    Both are validated at parse time; the help and the errors list the valid names (the tiny test
-    problems are accepted but not listed).
-    """
-    from bench import options
-    from bench.overhead.problem_setup import TINY_PROBLEMS, registered_problems
-
-    valid = registered_problems()
-    parser.add_argument(
-        "--problems",
-        nargs="+",
-        default=list(problems),
-        metavar="NAME",
-        type=options.one_of_listed(valid, TINY_PROBLEMS, "problem"),
-        help=f"problems (default: {' '.join(problems)}; valid: {', '.join(valid)})",
-    )
-    parser.add_argument(
-        "--quantities",
-        nargs="+",
-        default=list(QUANTITIES),
-        metavar="Q",
-        type=options.one_of((*QUANTITIES, *NEW_QUANTITIES), "quantity"),
-        help=f"quantities to time (default: all ten: {' '.join(QUANTITIES)}; also "
-        f"{' '.join(NEW_QUANTITIES)}); grad always runs",
-    )
 
 
 def groups_of(measurements: Iterable[Measurement]) -> dict[tuple, list[Measurement]]:

@@ -1,7 +1,7 @@
 """Where a step's time goes: ours with a quantity next to the plain gradient, phase by phase.
 
-    python -m bench.overhead.profile_step cifar100_allcnnc DiagGGNMC  # batch 128, 3 steps, CPU
-    python -m bench.overhead.profile_step cifar10_3c3d KFAC --batch-size 32 --trace kfac.json
+    python -m bench.overhead.cli_profile_step cifar100_allcnnc DiagGGNMC  # batch 128, 3 steps
+    python -m bench.overhead.cli_profile_step cifar10_3c3d KFAC --batch-size 32 --trace kfac.json
 
 Both steps run in this process on the same model and batch: first the plain gradient, then the
 step inside ``extensions.collect``. Every step is split into forward and backward by profiler
@@ -22,23 +22,19 @@ long before the kernels finish).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import resource
 import statistics
-import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from bench import options
-from bench.overhead.problem_setup import TINY_PROBLEMS, problem_setup, registered_problems
+from bench.overhead.problem_setup import problem_setup
 from bench.overhead.timing import device_time_call, synchronize
-from bench.spec import QUANTITIES
 
 PREFIXES = ("step::", "extensions::")
 
@@ -162,70 +158,49 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Profile one quantity of ours against the plain gradient and print the table."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.overhead.profile_step",
-        description=options.plain(__doc__.split("\n\n")[0]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=options.plain(__doc__.split("\n\n", 1)[1]),
-    )
-    options.one_line_errors(parser)
-    valid = registered_problems()
-    parser.add_argument(
-        "problem",
-        type=options.one_of_listed(valid, TINY_PROBLEMS, "problem"),
-        help=", ".join(valid),
-    )
-    parser.add_argument(
-        "quantity",
-        type=options.one_of(QUANTITIES, "quantity"),
-        metavar="quantity",
-        help=", ".join(QUANTITIES),
-    )
-    parser.add_argument("--batch-size", type=options.positive_int, default=128)
-    parser.add_argument(
-        "--steps", type=options.positive_int, default=3, help="timed and profiled steps (each)"
-    )
-    parser.add_argument("--threads", type=options.positive_int, default=2)
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        type=options.device,
-        help="cpu, cuda, cuda:N (default: cuda if any)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trace", help="write a Chrome trace of the quantity's profiled steps")
-    args = parser.parse_args(argv)
-    if not options.device_ok(args.device, parser.prog):
-        return 2
-    device = torch.device(args.device)
-    setup = problem_setup(args.problem)
+def profile_quantity(
+    problem: str,
+    quantity: str,
+    *,
+    batch_size: int = 128,
+    steps: int = 3,
+    threads: int = 2,
+    device: str = "cpu",
+    seed: int = 0,
+    trace: str | None = None,
+) -> str:
+    """Profile ours with ``quantity`` against the plain gradient; return the header and table.
+
+    Args:
+        problem: a registered problem (or a tiny test problem).
+        quantity: the quantity ours computes.
+        batch_size: the batch of both variants.
+        steps: timed and profiled steps, each.
+        threads: torch threads while profiling.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (checked by the caller).
+        seed: the model's and the batch's seed.
+        trace: if given, the Chrome trace of the quantity's profiled steps is written there.
+
+    """
+    dev = torch.device(device)
+    setup = problem_setup(problem)
 
     import extensions
 
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
-    with _threads(args.threads):
-        torch.manual_seed(args.seed)
-        model = setup.model_fn().to(device)
-        loss_fn = setup.loss_fn().to(device)
-        batch = setup.staged_batches(args.batch_size, device, count=1, seed=args.seed)[0]
-        common = (model, loss_fn, batch, args.steps, device)
+    with _threads(threads):
+        torch.manual_seed(seed)
+        model = setup.model_fn().to(dev)
+        loss_fn = setup.loss_fn().to(dev)
+        batch = setup.staged_batches(batch_size, dev, count=1, seed=seed)[0]
+        common = (model, loss_fn, batch, steps, dev)
         grad = profile_variant("grad", *common, contextlib.nullcontext())
         ours = profile_variant(
-            args.quantity,
-            *common,
-            extensions.collect(model, loss_fn, args.quantity),
-            trace=args.trace,
+            quantity, *common, extensions.collect(model, loss_fn, quantity), trace=trace
         )
-    clock = "device time (CUDA events, profiler device time)" if device.type == "cuda" else "wall"
-    print(
-        f"{args.problem}, batch {args.batch_size}, {device}, {args.threads} threads, "
-        f"torch {torch.__version__}, {args.steps} steps each, {clock}\n"
+    clock = "device time (CUDA events, profiler device time)" if dev.type == "cuda" else "wall"
+    head = (
+        f"{problem}, batch {batch_size}, {dev}, {threads} threads, "
+        f"torch {torch.__version__}, {steps} steps each, {clock}\n"
     )
-    print(render(grad, ours))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return f"{head}\n{render(grad, ours)}"

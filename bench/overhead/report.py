@@ -1,7 +1,7 @@
 """Write ``results/overhead/REPORT.md``: our ratios beside BackPACK's, the peers' and the paper's.
 
     curvbench figures overhead      # also writes the report
-    python -m bench.overhead.report --csv results/overhead/local/cpu-2core.csv --out REPORT.md
+    python -m bench.overhead.cli_report --csv results/overhead/local/cpu-2core.csv --out REPORT.md
 
 With CSVs of several (device, machine) pairs the report has one section per pair, each with its
 own environment line (from that CSV's sidecar).
@@ -14,9 +14,7 @@ our BackPACK column.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -291,17 +289,3 @@ def write_report(csv_paths: Sequence[str | Path], out: str | Path, figure_map: s
     title, body = render_sections(parts).split("\n", 1)
     text = f"{title}\n\n{figure_map}{body}" if figure_map else f"{title}\n{body}"
     return results_io.atomic_write_text(out, text)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m bench.overhead.report --csv ... --out ...``."""
-    parser = argparse.ArgumentParser(description="Write the overhead REPORT.md from CSVs.")
-    parser.add_argument("--csv", nargs="+", default=["results/overhead/reference/cpu-2core.csv"])
-    parser.add_argument("--out", default="results/overhead/REPORT.md")
-    args = parser.parse_args(argv)
-    print(write_report(args.csv, args.out))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

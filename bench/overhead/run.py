@@ -29,6 +29,7 @@ from torch import Tensor
 from bench import results_io
 from bench.environment import collect_environment, device_info
 from bench.overhead.backends import BaseBackend, Step, get_backend
+from bench.overhead.memory import cuda_peak_memory_from_empty_mb, subprocess_peak_rss_mb
 from bench.overhead.numerics import NONDETERMINISTIC_MESSAGE, Numerics
 from bench.overhead.peers import PEER_BACKEND_NAMES
 from bench.overhead.plan import (
@@ -40,13 +41,7 @@ from bench.overhead.plan import (
     groups_of,
 )
 from bench.overhead.problem_setup import ProblemSetup, problem_setup
-from bench.overhead.timing import (
-    CapturedError,
-    cuda_peak_memory_from_empty_mb,
-    interleaved_times,
-    release_memory,
-    subprocess_peak_rss_mb,
-)
+from bench.overhead.timing import CapturedError, interleaved_times, release_memory
 
 #: Modules the memory probes' forkserver imports once (saves seconds per probe).
 PRELOAD = (

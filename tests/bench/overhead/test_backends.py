@@ -122,6 +122,11 @@ def test_unsupported_quantity_is_refused_with_the_list():
         get_backend("loop").step_fn(tiny_net(), nn.CrossEntropyLoss(), "KFAC")
 
 
+@pytest.mark.parametrize("name", ["ours", "ours_perstep"])
+def test_ours_is_always_available(name):
+    assert get_backend(name).available() == (True, "")
+
+
 def test_missing_package_makes_backend_unavailable():
     class Missing(BaseBackend):
         name = "missing"
@@ -133,7 +138,6 @@ def test_missing_package_makes_backend_unavailable():
 
 def test_per_step_pattern_leaves_no_hooks_and_equals_the_long_context(problem):
     """``ours_perstep`` opens ``collect`` per step: same results as ``ours``, hooks gone after."""
-    _available("ours")
     x, y = problem[1], problem[2]
     long_lived = _run("ours", "BatchGrad", problem)
     per_step = _run("ours_perstep", "BatchGrad", problem)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.overhead import compare_table
+from bench.overhead import cli_compare_table, compare_table
 from bench.overhead.plan import REFERENCE
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
@@ -28,11 +28,11 @@ def test_a_rerun_keeps_complete_groups_from_the_csv(tmp_path, monkeypatch):
     csv_path = str(tmp_path / "table.csv")
     argv = ["--problems", "tiny_cnn", "--quantities", "BatchGrad", "KFAC", "--rounds", "1",
             "--no-memory", "--threads", "1", "--csv", csv_path]  # fmt: skip
-    assert compare_table.main(argv) == 0
+    assert cli_compare_table.main(argv) == 0
     runs = []
     real = compare_table.run_group
     monkeypatch.setattr(compare_table, "run_group", lambda g, o: runs.append(g) or real(g, o))
-    assert compare_table.main(argv) == 0
+    assert cli_compare_table.main(argv) == 0
     assert runs == []  # both groups (main, BackPACK default path) were kept
     rows = compare_table._load(csv_path)
     drop = next(k for k, r in rows.items() if r["note"] == compare_table.GROUP_BACKPACK_DEFAULT)
@@ -41,7 +41,7 @@ def test_a_rerun_keeps_complete_groups_from_the_csv(tmp_path, monkeypatch):
     results_io.atomic_write_csv(
         csv_path, [r for k, r in rows.items() if k != drop], compare_table.COLUMNS
     )
-    assert compare_table.main(argv) == 0
+    assert cli_compare_table.main(argv) == 0
     assert len(runs) == 1 and runs[0][0].note == compare_table.GROUP_BACKPACK_DEFAULT
 
 
@@ -87,7 +87,7 @@ def test_render_marks_targets_met_and_missed():
 
 
 def test_main_runs_end_to_end_on_a_tiny_problem(capsys):
-    code = compare_table.main(
+    code = cli_compare_table.main(
         ["--problems", "tiny_cnn", "--quantities", "BatchL2Grad", "KFAC", "--rounds", "1",
          "--no-memory", "--threads", "1"]
     )  # fmt: skip

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.overhead import timing
+from bench.overhead import memory, timing
 from bench.overhead.run import classify_error
 
 
@@ -66,7 +66,7 @@ def test_cuda_peak_memory_counts_pooled_buffers_built_with_the_variant(monkeypat
         return call
 
     released = []
-    peak = timing.cuda_peak_memory_from_empty_mb(
+    peak = memory.cuda_peak_memory_from_empty_mb(
         build, "cuda", steps=2, release=lambda fn: released.append(fake.free(100 * MB))
     )
     assert peak == pytest.approx(110)  # pool + temporaries, above the batches only
@@ -85,7 +85,7 @@ def test_every_variant_is_measured_from_the_same_baseline(monkeypatch):
             fake.alloc(pools[name])
             return lambda: (fake.alloc(temps[name]), fake.free(temps[name]))
 
-        peaks[name] = timing.cuda_peak_memory_from_empty_mb(
+        peaks[name] = memory.cuda_peak_memory_from_empty_mb(
             build, "cuda", steps=1, release=lambda fn, name=name: fake.free(pools[name])
         )
     assert peaks == {"ours": pytest.approx(105), "backpack": pytest.approx(105)}
@@ -209,7 +209,15 @@ def _no_work(*args, **kwargs):
 
 @pytest.mark.parametrize("command", ["compare_table", "gate", "profile_step", "overhead"])
 def test_device_cuda_without_cuda_is_one_line_before_any_work(command, monkeypatch, capsys):
-    from bench.overhead import cli, compare_table, gate, profile_step
+    from bench.overhead import (
+        cli,
+        cli_compare_table,
+        cli_gate,
+        cli_profile_step,
+        compare_table,
+        gate,
+        profile_step,
+    )
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(compare_table, "measure", _no_work)
@@ -220,9 +228,9 @@ def test_device_cuda_without_cuda_is_one_line_before_any_work(command, monkeypat
     if command == "profile_step":
         argv = ["tiny_cnn", "KFAC", *argv]
     main = {
-        "compare_table": compare_table.main,
-        "gate": gate.main,
-        "profile_step": profile_step.main,
+        "compare_table": cli_compare_table.main,
+        "gate": cli_gate.main,
+        "profile_step": cli_profile_step.main,
         "overhead": cli.main,
     }[command]
     assert main(argv) == 2

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from bench.overhead import paper_figures, presets
+from bench.overhead import cli_paper_figures, paper_figures, presets
 from bench.overhead.cli import build_parser
 from bench.overhead.plan import COLUMNS
 from bench.spec import C_COLUMN_QUANTITIES, GRAD, QUANTITIES
@@ -124,7 +124,7 @@ def test_fig9_csv_without_diaghessian_says_what_is_missing(tmp_path):
     with pytest.raises(paper_figures.PresetCSVError, match="DiagHessian") as err:
         paper_figures.make_all([path], tmp_path / "plots")
     assert str(path) in str(err.value) and "--preset fig9" in str(err.value)
-    assert paper_figures.main(["--csv", str(path), "--plots", str(tmp_path / "p")]) == 2
+    assert cli_paper_figures.main(["--csv", str(path), "--plots", str(tmp_path / "p")]) == 2
 
 
 def test_fig8_renders_with_the_shrunk_batch_size(tmp_path):

@@ -1,10 +1,10 @@
-"""``bench.overhead.profile_step``: the phase table of ours vs the plain gradient (tiny nets)."""
+"""``bench.overhead.profile_step`` and its command line: the phase table of ours vs the gradient."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.overhead import profile_step
+from bench.overhead import cli_profile_step, profile_step
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ from bench.overhead import profile_step
     ids=["first-order", "second-order"],
 )
 def test_table_lists_the_phases_of_both_steps(quantity, expected, capsys):
-    assert profile_step.main(["tiny_cnn", quantity, "--batch-size", "4", "--steps", "1"]) == 0
+    assert cli_profile_step.main(["tiny_cnn", quantity, "--batch-size", "4", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     grad_part, ours_part = out.split(f"**{quantity}**")
     assert "**grad**" in grad_part and "step::forward" in grad_part
@@ -72,6 +72,6 @@ def test_second_order_ranges_nest_inside_the_backward():
 )
 def test_bad_input_is_a_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as err:
-        profile_step.main(argv)
+        cli_profile_step.main(argv)
     assert err.value.code == 2
     assert message in capsys.readouterr().err

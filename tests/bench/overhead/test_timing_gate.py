@@ -1,7 +1,8 @@
 """The CI timing gate (``make gate``): ours / gradient vs bench/overhead/reference_ratios.json.
 
-Refresh the reference after an intended speed change: ``python -m bench.overhead.gate --refresh``
-on a quiet machine, then commit bench/overhead/reference_ratios.json.
+Refresh the reference after an intended speed change:
+``python -m bench.overhead.cli_gate --refresh`` on a quiet machine, then commit
+bench/overhead/reference_ratios.json.
 """
 
 import pytest
@@ -15,7 +16,7 @@ pytestmark = [pytest.mark.timing, pytest.mark.filterwarnings("ignore:Full backwa
 def test_no_quantity_got_slower_relative_to_the_gradient(benchmark):
     key = gate.case_key(gate.PROBLEM, gate.BATCH_SIZE, "cpu")
     reference = gate.reference_for(key)
-    assert reference, f"no reference for {key}: run `python -m bench.overhead.gate --refresh`"
+    assert reference, f"no reference for {key}: run `python -m bench.overhead.cli_gate --refresh`"
     threads = torch.get_num_threads()
     torch.set_num_threads(gate.THREADS)
     try:
