@@ -64,7 +64,7 @@ gate: $(STAMP) ## the CI timing-regression gate alone (reference ratios per devi
 	$(PY) -m pytest -q -m timing
 
 gpu-check: $(STAMP) ## on a CUDA machine: CUDA tests, a short overhead run, the grid-search smoke; pass/fail per part (< 8 min; ARGS=--save-reference stores results/overhead/reference/<gpu>.csv)
-	$(PY) -m bench.overhead.gpu_check $(ARGS)
+	$(PY) -m bench.overhead.cli_gpu_check $(ARGS)
 
 clean: ## remove caches (keeps .venv, results and plots)
 	rm -rf .pytest_cache .ruff_cache .benchmarks build *.egg-info

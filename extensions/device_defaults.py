@@ -1,15 +1,18 @@
 """Chunk and block sizes of ``extensions`` per device type: one table, one lookup.
 
 The CPU values were measured on this project's 2-core CPU (see the comments at the constants in
-``per_sample``, ``derivatives`` and ``kronecker``, which read them from here). The CUDA values are
-chosen by reasoning and are **untested on a GPU**: on CPU the chunks are sized to stay in cache;
-on a GPU the cost that chunking adds is one kernel launch (and a synchronisation-free Python
+``per_sample``, ``derivatives``, ``kronecker`` and ``ekfac``, which read them from here). The CUDA
+values are chosen by reasoning and are **untested on a GPU**: on CPU the chunks are sized to stay in
+cache; on a GPU the cost that chunking adds is one kernel launch (and a synchronisation-free Python
 loop iteration) per chunk, while caches do not matter at these sizes, so the CUDA chunks are 16x
-larger (fewer, larger chunks). At most 2**26 float32 elements (256 MiB) each, they stay far
-below the default memory budget of ``extensions.quantities.DEFAULT_MEMORY_BUDGET`` (8 GiB), and
-the budget-driven chunking of ``second_order`` still applies on top. The blocked Gram matrix
-(half the flops of ``u @ u.T`` on CPU) is a single GEMM on CUDA, where cuBLAS is fastest with one
-large call.
+larger (fewer, larger chunks). At most 2**26 float32 elements (256 MiB) each, they stay far below
+the default memory budget of ``extensions.quantities.DEFAULT_MEMORY_BUDGET`` (8 GiB), and the
+budget-driven chunking of ``second_order`` still applies on top. The blocked Gram matrix (half the
+flops of ``u @ u.T`` on CPU) is a single GEMM on CUDA, where cuBLAS is fastest with one large call.
+EKFAC's correction chunk (``ekfac.CORRECTION_CHUNK_ELEMENTS``, rotated per-sample gradients ``[V, n,
+out, K]``, squared in place) is 8x larger on CUDA, not 16x: 2**26 elements is the 256 MiB cap above,
+and each chunk is one einsum (one batched GEMM) whose launch cost a larger chunk no longer amortises
+noticeably at 3C3D/All-CNN-C sizes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ TABLE: dict[str, dict[str, int]] = {
         "JAC_T_CHUNK_ELEMENTS": 2**21,
         "GRAM_BLOCK_ROWS": 192,
         "GRAM_MAX_BLOCKS": 6,
+        "CORRECTION_CHUNK_ELEMENTS": 2**23,
     },
     "cuda": {  # untested on a GPU (see the module docstring)
         "UNFOLD_CHUNK_ELEMENTS": 2**25,
@@ -31,6 +35,7 @@ TABLE: dict[str, dict[str, int]] = {
         "JAC_T_CHUNK_ELEMENTS": 2**25,
         "GRAM_BLOCK_ROWS": 192,
         "GRAM_MAX_BLOCKS": 1,
+        "CORRECTION_CHUNK_ELEMENTS": 2**26,
     },
 }
 CPU = TABLE["cpu"]

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from extensions import per_sample
+from extensions import device_defaults, per_sample
 
-#: elements of one chunk of rotated per-(column, sample) weight gradients ``[V, n, out, K]``
-CORRECTION_CHUNK_ELEMENTS = 2**23
+#: elements of one chunk of rotated per-(column, sample) weight gradients ``[V, n, out, K]`` on
+#: the CPU (other devices: :data:`extensions.device_defaults.TABLE`)
+CORRECTION_CHUNK_ELEMENTS = device_defaults.CPU["CORRECTION_CHUNK_ELEMENTS"]  # 2**23
 
 
 def eigenbasis(factor: Tensor) -> Tensor:
@@ -55,7 +56,7 @@ def corrections(
     mat: Tensor,
     q_b: Tensor,
     q_a: Tensor | None,
-    max_elements: int = CORRECTION_CHUNK_ELEMENTS,
+    max_elements: int | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     """``(lam [out, K] or None without q_a, lam_b [out])`` of one chunk of columns.
 
@@ -64,7 +65,8 @@ def corrections(
         mat: the columns at the layer output, ``[V, n, out]`` or ``[V, n, out, H, W]``.
         q_b: output eigenbasis ``[out, out]``.
         q_a: input eigenbasis ``[K, K]`` (``None``: only the bias term).
-        max_elements: bound on the elements of one chunk of rotated per-sample gradients.
+        max_elements: bound on the elements of one chunk of rotated per-sample gradients
+            (the memory budget's); the device's chunk size bounds it too (``None``: only that).
 
     """
     s, u = _columns_and_patches(rec, mat)
@@ -79,7 +81,12 @@ def corrections(
         lam = torch.einsum("vno,nk->ok", s_rot[:, :, 0].square(), u_rot[:, 0].square())
         return lam, lam_b
     lam = s_rot.new_zeros(out, k)
-    step = max(1, min(CORRECTION_CHUNK_ELEMENTS, max_elements) // max(1, v * out * k))
+    chunk = device_defaults.tuned(
+        "CORRECTION_CHUNK_ELEMENTS", mat.device, CORRECTION_CHUNK_ELEMENTS
+    )
+    if max_elements is not None:
+        chunk = min(chunk, max_elements)
+    step = max(1, chunk // max(1, v * out * k))
     for n0 in range(0, n, step):
         g = torch.einsum("vnso,nsk->vnok", s_rot[:, n0 : n0 + step], u_rot[n0 : n0 + step])
         lam += g.square_().sum((0, 1))

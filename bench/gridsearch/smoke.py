@@ -1,6 +1,6 @@
 """The grid search's smoke test: a tiny synthetic grid, a ``kill -9`` mid-sweep and a resume.
 
-``run_smoke(out, plots)``:
+``run_smoke(out, plots, plan, device=...)``:
 
 1. starts ``python -m bench gridsearch run <tiny grid> -j 1`` in its own process group;
 2. polls the store until one run finished and another is mid-way (checkpointed after an epoch,
@@ -20,13 +20,22 @@ per baseline, 2 seeds and 2 epochs of one step each (``max_steps_per_epoch``, a 
 truncation) with the inverses computed once per run (``inverse_every`` 2): the eigendecomposition
 of fmnist_2c2d's 3137x3137 Kronecker factor costs about a minute on a loaded 2-core CPU, so the
 faithful every-step schedule would make the smoke take half an hour. The ``quick`` grid (the
-pytest one) is cifar10_3c3d, DiagGGN-MC and SGD-momentum only.
+pytest one, and ``make gpu-check``'s) is cifar10_3c3d, DiagGGN-MC and SGD-momentum only.
+
+``device`` is where the sweep trains (``cpu`` by default, as in CI; ``make gpu-check`` passes
+``cuda``). On CUDA the quick grid's epochs are longer (3 epochs of 10 steps, :data:`CUDA_EPOCHS`):
+two steps take milliseconds on a GPU, too short a mid-way moment for the kill to land in.
+
+The output folder holds a marker (:data:`MARKER`, JSON) that lists the files the smoke created
+there and the figures it wrote; the next smoke deletes only those (never a file added later) and
+refuses a folder that holds run-store files it did not record.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -57,34 +66,137 @@ SMOKE_ARGS = {
         "--train-eval-size", "64",
     ],
 }  # fmt: skip
+#: The quick grid's epochs on CUDA (``--epochs``, ``--max-steps-per-epoch``): long enough that
+#: the sweep is seen mid-way (see the module docstring).
+CUDA_EPOCHS = {"--epochs": "3", "--max-steps-per-epoch": "10"}
 
 
-#: The file that marks a folder as a smoke store (the only kind the smoke clears).
+def smoke_args(quick: bool, device: str = "cpu") -> list[str]:
+    """Return the smoke grid's ``curvbench gridsearch run`` flags for ``device``.
+
+    Args:
+        quick: the quick grid (:data:`SMOKE_ARGS`).
+        device: ``cpu``, ``cuda`` or ``cuda:N``, the sweep's ``--device``.
+
+    """
+    args = list(SMOKE_ARGS[quick])
+    changes = {"--device": device}
+    if quick and device.startswith("cuda"):
+        changes.update(CUDA_EPOCHS)
+    for flag, value in changes.items():
+        args[args.index(flag) + 1] = value
+    return args
+
+
+#: The file that marks a folder as a smoke store and lists what the smoke created in it.
 MARKER = ".curvbench-smoke"
+#: A run's files by name (CSV, sidecar, checkpoint, lock, an atomic write's temp file)
+RUN_FILE = re.compile(r"^[0-9a-f]{16}\.(csv|json|lock|pt)$|\.tmp$")
+#: What else a smoke writes into its folder (the store's environment, the report)
+SMOKE_FILES = (".environment.json", "REPORT.md")
 
 
 class SmokeRefused(ValueError):
     """The smoke's output folder holds files the smoke did not create."""
 
 
-def prepare_out(out: Path, keep: bool) -> None:
-    """Make ``out`` an empty (or, with ``keep``, existing) smoke store, tagged with :data:`MARKER`.
+@dataclass
+class Prepared:
+    """What :func:`prepare_out` found: files that are not the smoke's, and its last figures."""
 
-    Only a folder with the marker is cleared: the smoke never deletes what it did not create.
+    foreign: set[str] = field(default_factory=set)  # paths relative to ``out``
+    figures: list[str] = field(default_factory=list)
+
+
+def _files(out: Path) -> set[str]:
+    """Every file under ``out`` but the marker, relative to ``out`` (POSIX paths)."""
+    return {
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != MARKER
+    }
+
+
+def read_marker(out: Path) -> dict | None:
+    """Return the marker's record (``files``, ``figures``); ``{}``: an older one, ``None``: none.
+
+    An older marker (plain text, from a smoke that cleared its folder whole) lists nothing; its
+    folder's run files (:data:`RUN_FILE`) and :data:`SMOKE_FILES` are taken as the smoke's.
+    """
+    path = out / MARKER
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_marker(out: Path, files: set[str], figures: list[Path | str]) -> None:
+    """Record the files the smoke created under ``out`` and the figures it wrote."""
+    record = {
+        "made_by": "curvbench gridsearch smoke; its next run deletes these files, nothing else",
+        "files": sorted(files),
+        "figures": sorted(str(Path(p).resolve()) for p in figures),
+    }
+    (out / MARKER).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _is_run_file(rel: str) -> bool:
+    return RUN_FILE.search(Path(rel).name) is not None
+
+
+def _delete(out: Path, files: set[str]) -> None:
+    """Delete ``files`` (relative to ``out``) and the folders that this leaves empty."""
+    folders = set()
+    for rel in sorted(files):
+        path = out / rel
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            folders.update(p for p in path.parents if out in p.parents)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def prepare_out(out: Path, keep: bool) -> Prepared:
+    """Make ``out`` a smoke store: empty of the smoke's files (kept with ``keep``), marked.
+
+    Only what an earlier smoke recorded in the folder's :data:`MARKER` is deleted; files added
+    to the folder later are left where they are.
+
+    Returns:
+        The files under ``out`` that are not the smoke's, and the figures the last smoke wrote.
 
     Raises:
-        SmokeRefused: ``out`` is a non-empty folder without the marker.
+        SmokeRefused: ``out`` is a non-empty folder without the marker, or it holds run-store
+            files the smoke did not record (e.g. of a smoke killed before it could record them).
 
     """
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+    present = _files(out) if out.is_dir() else set()
+    record = read_marker(out) if out.is_dir() else None
+    if record is None and present:
         raise SmokeRefused(
             f"--out {out} is not empty and was not made by the smoke (no {MARKER} in it): "
             "pass a new or empty folder"
         )
-    if out.exists() and not keep:
-        shutil.rmtree(out)
+    record = record or {}
+    if "files" in record:
+        own = present & set(record["files"])
+    else:  # an older marker, or none in an empty folder
+        own = {rel for rel in present if _is_run_file(rel) or Path(rel).name in SMOKE_FILES}
+    if not keep:
+        _delete(out, own)
+        stray = sorted(rel for rel in _files(out) if _is_run_file(rel))
+        if stray:
+            raise SmokeRefused(
+                f"--out {out} holds run files the smoke did not record ({', '.join(stray[:3])}"
+                f"{' ...' if len(stray) > 3 else ''}): remove them or pass a new folder"
+            )
+        own = set()
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by `curvbench gridsearch smoke`; cleared by its next run\n")
+    prepared = Prepared(_files(out) - own, list(record.get("figures", [])))
+    write_marker(out, own, prepared.figures)
+    return prepared
 
 
 @dataclass
@@ -114,9 +226,9 @@ class SmokeReport:
         return "\n".join(lines)
 
 
-def _command(out: Path, quick: bool) -> list[str]:
-    return [sys.executable, "-m", "bench", "gridsearch", "run", *SMOKE_ARGS[quick], "-j", "1",
-            "--out", str(out)]  # fmt: skip
+def _command(out: Path, quick: bool, device: str = "cpu") -> list[str]:
+    return [sys.executable, "-m", "bench", "gridsearch", "run", *smoke_args(quick, device),
+            "-j", "1", "--out", str(out)]  # fmt: skip
 
 
 #: ``plan(argv) -> (grid runs, seeds)``: what ``curvbench gridsearch run argv`` would train
@@ -124,9 +236,11 @@ def _command(out: Path, quick: bool) -> list[str]:
 Plan = Callable[[list[str]], tuple[list[RunConfig], list[int]]]
 
 
-def expected_jobs(out: Path, quick: bool, plan: Plan) -> tuple[list[RunConfig], list[RunConfig]]:
+def expected_jobs(
+    out: Path, quick: bool, plan: Plan, device: str = "cpu"
+) -> tuple[list[RunConfig], list[RunConfig]]:
     """Return the smoke's grid runs and (once the grid is done) its seed reruns."""
-    grid, seeds = plan([*SMOKE_ARGS[quick], "--out", str(out)])
+    grid, seeds = plan([*smoke_args(quick, device), "--out", str(out)])
     return grid, seed_runs(best_settings(grid, RunStore(out)), seeds)
 
 
@@ -183,6 +297,7 @@ def run_smoke(
     keep: bool = False,
     verbose: bool = False,
     report_dir: Path | None = None,
+    device: str = "cpu",
 ) -> SmokeReport:
     """Run the smoke test (see the module docstring) and return what it saw.
 
@@ -191,11 +306,12 @@ def run_smoke(
             first unless ``keep``; see :func:`prepare_out`).
         plots: the plots root handed to ``make_all``.
         plan: the runs a ``gridsearch run`` argv trains (see :data:`Plan`).
-        quick: the smaller grid (for the test suite).
+        quick: the smaller grid (for the test suite and ``make gpu-check``).
         keep: keep existing runs in ``out``.
         verbose: stream the sweep's output.
         report_dir: the folder ``make_all`` reads stores from and writes REPORT.md into
             (default: ``out`` itself).
+        device: where the sweep trains (``cpu``, ``cuda``, ``cuda:N``; see :func:`smoke_args`).
 
     Returns:
         A :class:`SmokeReport`.
@@ -208,14 +324,37 @@ def run_smoke(
 
     start = time.perf_counter()
     report = SmokeReport()
-    prepare_out(out, keep)
+    prepared = prepare_out(out, keep)
+    try:
+        _sweep_kill_resume(out, plan, quick, device, verbose, prepared, report)
+        report.figures = list(make_all(report_dir if report_dir is not None else out, plots))
+    finally:  # what the smoke created is recorded even when it fails or is interrupted
+        write_marker(out, _files(out) - prepared.foreign, report.figures or prepared.figures)
+    # the last smoke's figures under this plots root that this one did not write again
+    written, root = {Path(p).resolve() for p in report.figures}, plots.resolve()
+    for stale in {Path(p) for p in prepared.figures} - written:
+        if report.figures and stale.is_relative_to(root):
+            stale.unlink(missing_ok=True)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _sweep_kill_resume(
+    out: Path,
+    plan: Plan,
+    quick: bool,
+    device: str,
+    verbose: bool,
+    prepared: Prepared,
+    report: SmokeReport,
+) -> None:
+    """Run steps 1-4 of the module docstring; put the problems found into ``report``."""
     store = RunStore(out)
-    grid, _ = expected_jobs(out, quick, plan)
+    grid, _ = expected_jobs(out, quick, plan, device)
+    command = _command(out, quick, device)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     sink = None if verbose else subprocess.DEVNULL
-    proc = subprocess.Popen(
-        _command(out, quick), start_new_session=True, env=env, stdout=sink, stderr=sink
-    )
+    proc = subprocess.Popen(command, start_new_session=True, env=env, stdout=sink, stderr=sink)
     try:
         while True:
             finished, midway = _kill_point(store, grid)
@@ -241,10 +380,10 @@ def run_smoke(
             flush=True,
         )
 
-    rc = subprocess.run(_command(out, quick), env=env, stdout=sink, stderr=sink).returncode
+    rc = subprocess.run(command, env=env, stdout=sink, stderr=sink).returncode
     if rc != 0:
         report.problems.append(f"the resumed sweep exited with {rc}")
-    grid, reruns = expected_jobs(out, quick, plan)
+    grid, reruns = expected_jobs(out, quick, plan, device)
     jobs = {j.run_id: j for j in grid + reruns}
     report.runs = len(jobs)
     if not reruns:
@@ -262,9 +401,10 @@ def run_smoke(
         sidecar = store.read_sidecar(run_id)
         if not sidecar.get("resumed") or len(sidecar.get("attempts") or []) != 2:
             report.problems.append(f"{run_id} did not resume from its checkpoint")
-    leftovers = [p.name for p in out.rglob("*") if p.suffix in (".pt", ".tmp")]
+    leftovers = sorted(
+        Path(rel).name
+        for rel in _files(out) - prepared.foreign
+        if Path(rel).suffix in (".pt", ".tmp")
+    )
     if leftovers:
         report.problems.append(f"left-over files: {leftovers}")
-    report.figures = list(make_all(report_dir if report_dir is not None else out, plots))
-    report.seconds = time.perf_counter() - start
-    return report

@@ -1,29 +1,33 @@
 """make gpu-check: the one-command acceptance check on a CUDA machine (under 8 minutes).
 
-    python -m bench.overhead.gpu_check                    # all parts, into a fresh folder
-    python -m bench.overhead.gpu_check --dry-run          # print the parts' commands (any host)
-    python -m bench.overhead.gpu_check --save-reference   # also store the overhead rows as
-                                                          # results/overhead/reference/<gpu>.csv
+    python -m bench.overhead.cli_gpu_check                    # all parts, into a fresh folder
+    python -m bench.overhead.cli_gpu_check --dry-run          # print the parts' commands (any host)
+    python -m bench.overhead.cli_gpu_check --save-reference   # also store the overhead rows as
+                                                              # results/overhead/reference/<gpu>.csv
 
 Parts, each a subprocess with its own time limit, run in this order:
 
 1. cuda-tests: the test files with CUDA-only tests (those skipped with "needs CUDA" elsewhere),
-   without the slow ones; fails if a CUDA test is still skipped.
+   without the slow ones; fails if a CUDA test is still skipped. Among them the real-GPU checks
+   of issue 12's fixes: a grid-search run resumed from its checkpoint (CUDA RNG restored), the
+   from-empty peak-memory protocol, an OOM's tensors released, event-based device timing, and
+   our MaxPool2d rules under ``--deterministic``.
 2. overhead: curvbench overhead --device cuda on both networks at N=32 and 128, 3 rounds,
    memory on (the C-column quantities on the 100-class net at N=32, to stay in time); fails
    unless every problem has ok rows with a peak memory.
-3. gridsearch-smoke: python -m bench gridsearch smoke (tiny synthetic grid, kill -9, resume). The
-   smoke command has no --device flag: its runs pick CUDA where the run executes.
+3. gridsearch-smoke: the grid-search smoke on CUDA, quick grid (``python -m
+   bench.gridsearch.cli_smoke --device cuda --quick``): a sweep killed with ``kill -9`` once a
+   run finished and another is mid-way, then resumed; fails unless every check passed.
 
 A summary with pass/fail per part ends the run; the exit code is 0 only if every part passed
-(2 without a CUDA device, after one line). Everything is written into a fresh folder
+(2 without a CUDA device, after one line; the command line is
+:mod:`bench.overhead.cli_gpu_check`). Everything is written into a fresh folder
 (default results/overhead/local/gpu-check-<UTC time>/, untracked); nothing tracked changes
 unless --save-reference is given.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import shutil
 import subprocess
@@ -33,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import options, results_io
+from bench import results_io
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEMS = ("cifar10_3c3d", "cifar100_allcnnc")
@@ -75,7 +79,7 @@ def plan(out: Path, gpu: str) -> list[Part]:
         "--no-progress",
     ]  # fmt: skip
     smoke = [
-        py, "-m", "bench", "gridsearch", "smoke",
+        py, "-m", "bench.gridsearch.cli_smoke", "--device", "cuda", "--quick",
         "--out", str(out / "gridsearch-smoke"), "--plots", str(out / "plots"),
     ]  # fmt: skip
     tests = [py, "-m", "pytest", "-q", "-rs", "-m", "not slow", "-p", "no:cacheprovider"]
@@ -102,6 +106,11 @@ def judge(part: Part, code: int, output: str, out: Path, gpu: str) -> tuple[bool
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         return True, ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if part.name == "gridsearch-smoke":
+        if "smoke: all checks passed" not in output:
+            return False, "the smoke did not report 'all checks passed'"
+        lines = [line for line in output.splitlines() if line.startswith("smoke: ")]
+        return True, lines[0].removeprefix("smoke: ") if lines else ""
     return True, ""
 
 
@@ -134,54 +143,41 @@ def summary(parts: Sequence[Part]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the check (see the module docstring)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.overhead.gpu_check",
-        description=options.plain(__doc__.split("\n\n")[0]),
-        epilog=options.plain(__doc__.split("\n\n", 1)[1]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    options.one_line_errors(parser)
-    parser.add_argument("--out", type=options.output_dir, help="a new folder (default: fresh)")
-    parser.add_argument(
-        "--save-reference",
-        action="store_true",
-        help="store the overhead CSV + JSON as results/overhead/reference/<gpu-name>.csv",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    args = parser.parse_args(argv)
-    import torch
-
-    from bench.environment import machine_slug
-
-    has_cuda = torch.cuda.is_available()
-    if not args.dry_run and not options.device_ok("cuda", "gpu-check"):
-        return 2
-    gpu = machine_slug("cuda") if has_cuda else "<gpu-name>"
+def default_out(root: Path = ROOT) -> Path:
+    """Return a fresh folder for one check: ``results/overhead/local/gpu-check-<UTC time>``."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out or ROOT / "results" / "overhead" / "local" / f"gpu-check-{stamp}"
-    if out.exists() and any(out.iterdir()):
-        parser.error(f"--out {out} is not empty; give a new folder")
-    parts = plan(out, gpu)
-    print(f"gpu-check on {gpu}: {len(parts)} parts into {out} (limits: {sum(LIMITS.values())} s)")
-    for p in parts:
-        print(f"  {p.name} ({p.limit_s} s): {' '.join(p.argv)}")
-    if args.dry_run:
-        return 0
+    return root / "results" / "overhead" / "local" / f"gpu-check-{stamp}"
+
+
+def describe(parts: Sequence[Part], out: Path, gpu: str) -> str:
+    """Return the plan as printed before the parts run (and by ``--dry-run``)."""
+    lines = [
+        f"gpu-check on {gpu}: {len(parts)} parts into {out} (limits: {sum(LIMITS.values())} s)"
+    ]
+    lines += [f"  {p.name} ({p.limit_s} s): {' '.join(p.argv)}" for p in parts]
+    return "\n".join(lines)
+
+
+def run_check(parts: Sequence[Part], out: Path, gpu: str, save_reference: bool = False) -> int:
+    """Run ``parts`` into ``out``, print the summary; return the exit code (0: all passed).
+
+    Args:
+        parts: from :func:`plan`.
+        out: the check's folder (created).
+        gpu: the machine's slug (names the overhead CSV).
+        save_reference: copy a passed overhead part's CSV + JSON to
+            ``results/overhead/reference/<gpu>``.
+
+    """
     out.mkdir(parents=True, exist_ok=True)
     for p in parts:
         print(f"gpu-check: {p.name} ...", flush=True)
         run_part(p, out, gpu)
     print(summary(parts))
     overhead = next(p for p in parts if p.name == "overhead")
-    if args.save_reference and overhead.passed:
+    if save_reference and overhead.passed:
         reference = ROOT / "results" / "overhead" / "reference"
         for suffix in (".csv", ".json"):
             shutil.copyfile(out / "overhead" / f"{gpu}{suffix}", reference / f"{gpu}{suffix}")
         print(f"gpu-check: stored {reference / gpu}.csv/.json (review, then `make figures`)")
     return 0 if all(p.passed for p in parts) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,13 +5,13 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from extensions import derivatives, device_defaults, kronecker, per_sample
+from extensions import derivatives, device_defaults, ekfac, kronecker, per_sample
 
 
 def test_cpu_keeps_the_module_constants_and_cuda_has_its_own_row():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for name, value in device_defaults.TABLE["cpu"].items():
-        module = {"JAC_T_CHUNK_ELEMENTS": derivatives}.get(name)
+        module = {"JAC_T_CHUNK_ELEMENTS": derivatives, "CORRECTION_CHUNK_ELEMENTS": ekfac}.get(name)
         module = module or (kronecker if name.startswith("GRAM") else per_sample)
         assert getattr(module, name) == value  # the modules read their CPU values from the table
         assert device_defaults.tuned(name, cpu, value) == value
@@ -26,3 +26,31 @@ def test_conv_chunks_on_cuda_are_fewer_and_larger():
     x_cuda = SimpleNamespace(shape=(128,), device=torch.device("cuda"))
     on_cuda = per_sample.conv2d_chunk_size(x_cuda, conv, g)
     assert on_cpu < 128 and on_cuda == 128  # one chunk for the whole batch on the GPU
+
+
+def _correction_chunks(monkeypatch, device_row: str | None, max_elements: int | None) -> int:
+    """Sample chunks EKFAC's correction takes for an All-CNN-C 96->96 3x3 layer, N=128, V=100.
+
+    Meta tensors stand in for the device: the table's row for ``device_row`` is put under
+    ``meta`` (``None``: meta has no row, so it gets the CPU value). Counts the einsum calls.
+    """
+    if device_row is not None:
+        monkeypatch.setitem(device_defaults.TABLE, "meta", device_defaults.TABLE[device_row])
+    conv = nn.Conv2d(96, 96, 3, padding=1, device="meta")
+    rec = SimpleNamespace(module=conv, input=torch.empty(128, 96, 8, 8, device="meta"))
+    mat = torch.empty(100, 128, 96, 8, 8, device="meta")
+    q_b, q_a = torch.empty(96, 96, device="meta"), torch.empty(864, 864, device="meta")
+    calls = []
+    einsum = torch.einsum
+    monkeypatch.setattr(torch, "einsum", lambda *a: calls.append(a[0]) or einsum(*a))
+    ekfac.corrections(rec, mat, q_b, q_a, max_elements)
+    return calls.count("vnso,nsk->vnok")
+
+
+def test_ekfac_correction_chunk_is_in_the_table_and_larger_on_cuda(monkeypatch):
+    """One [V, n, out, K] = [100, 1, 96, 864] sample is 8.3M elements: 1 sample per chunk on
+    CPU (2**23), 8 on CUDA (2**26); the memory budget (``max_elements``) still bounds both."""
+    assert device_defaults.TABLE["cuda"]["CORRECTION_CHUNK_ELEMENTS"] == 2**26
+    assert _correction_chunks(monkeypatch, None, None) == 128
+    assert _correction_chunks(monkeypatch, "cuda", None) == 128 // 8
+    assert _correction_chunks(monkeypatch, "cuda", 4 * 100 * 96 * 864) == 128 // 4
