@@ -36,9 +36,7 @@ CLI_HELPERS = ("bench.options",)
 CLI_ONLY_STDLIB = ("argparse",)
 #: non-CLI modules that still parse arguments, each with the change that ends it; an entry that is
 #: no longer needed fails ``test_no_stale_exemption`` (delete it then)
-EXEMPT = {
-    "bench.overhead.gpu_check": "its parser and main() move to bench/overhead/cli_gpu_check.py",
-}
+EXEMPT: dict[str, str] = {}
 
 
 def module_names(root: Path, packages=PACKAGES) -> dict[str, Path]:

@@ -65,7 +65,7 @@ def test_help_has_no_restructuredtext_and_lists_valid_names(capsys):
 
 @pytest.mark.parametrize(
     "module",
-    ["cli_compare_table", "cli_gate", "cli_profile_step", "gpu_check", "figures-command"],
+    ["cli_compare_table", "cli_gate", "cli_profile_step", "cli_gpu_check", "figures-command"],
 )
 def test_other_overhead_helps_have_no_restructuredtext(module, capsys):
     import importlib
