@@ -33,6 +33,16 @@ def test_extended_methods_are_the_optimizers():
         make_optimizer(method, [torch.zeros(2, requires_grad=True)], 0.1, 1e-3)
 
 
+def test_overhead_times_the_same_curvatures_under_the_same_names():
+    from bench.overhead.backends import get_backend
+    from bench.overhead.peers import EKFAC, EXPAND_QUANTITIES
+
+    assert EKFAC in EXTENDED_METHODS and get_backend("ours").supports(EKFAC)
+    expand = get_backend("ours_expand")
+    assert {f"{q}-expand" for q in EXPAND_QUANTITIES} <= set(EXTENDED_METHODS)
+    assert all(expand.supports(q) for q in EXPAND_QUANTITIES)
+
+
 def test_extended_methods_are_never_defaults():
     assert all(not set(EXTENDED_METHODS) & set(ms) for ms in PAPER_METHODS.values())
     default = {j.method for j in grid(["tiny_unlisted"], lrs=[0.1], dampings=[1.0])}
