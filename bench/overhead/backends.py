@@ -427,6 +427,9 @@ BACKENDS: dict[str, Callable[[], BaseBackend]] = {
 #: the backends measured by default (``pytorch`` is always run as the reference)
 DEFAULT_BACKENDS = (
     "ours",
+    "ours_perstep",
+    "ours_expand",
+    "ours_perstep_expand",
     "backpack",
     "backpack_savemem",
     "torch.func",

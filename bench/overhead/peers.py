@@ -73,7 +73,7 @@ def same_quantity(ours_backend: str, peer_note: str) -> bool:
 
 #: CPU defaults (``make overhead`` <= 15 min): the peers run only here, architecture ->
 #: (batch size, quantities); ``--backends ...`` times them everywhere.
-CPU_DEFAULT_PEER_RUNS = {"3c3d": (32, ("BatchGrad", "DiagGGNMC", "KFAC"))}
+CPU_DEFAULT_PEER_RUNS = {"3c3d": (32, ("BatchGrad", "DiagGGNMC", "KFAC", EKFAC))}
 
 
 def cpu_default_allows(backend: str, arch: str, batch_size: int, quantity: str) -> bool:
