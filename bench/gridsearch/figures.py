@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.gridsearch.deepobs_io import load_baselines
-from bench.gridsearch.grid import CURVATURE_METHODS, GRID_SEED, METHODS
+from bench.gridsearch.grid import ALL_CURVATURE_METHODS, GRID_SEED, METHODS
 from bench.gridsearch.store import RunStore, load_runs
 
 #: Paper's final test accuracy (medians over 10 seeds, ``gridsearch.md`` §5.6), percent.
@@ -73,6 +73,10 @@ METHOD_COLORS = {
     "KFRA": "#9467bd",
     "Momentum": "#2ca02c",
     "Adam": "#7f7f7f",
+    "KFAC-expand": "#e377c2",
+    "KFLR-expand": "#bcbd22",
+    "EKFAC": "#8c564b",
+    "EKFAC-exact": "#c49c94",
 }
 CURVE_PANELS = (
     ("test_loss", "test loss"),
@@ -146,7 +150,7 @@ def heatmaps(table: pd.DataFrame, plots: Path, best: pd.DataFrame) -> list[Path]
 
     paths = []
     grid = table[table["final"] & (table["seed"] == GRID_SEED)]
-    grid = grid[grid["method"].isin(CURVATURE_METHODS)]
+    grid = grid[grid["method"].isin(ALL_CURVATURE_METHODS)]
     for keys, frame in grid.groupby([*FAMILY, "method"], sort=True):
         family = dict(zip([*FAMILY, "method"], keys))
         acc = frame.assign(valid_acc=frame["valid_acc"].where(frame["status"] == "finished"))
@@ -234,7 +238,7 @@ def learning_curves(
             for ax, (column, title) in zip(axes, CURVE_PANELS):
                 curve = _quartile_curves(runs, column)
                 color = METHOD_COLORS.get(pick["method"])
-                style = "--" if pick["method"] in CURVATURE_METHODS else "-"
+                style = "--" if pick["method"] in ALL_CURVATURE_METHODS else "-"
                 ax.plot(curve.index, curve["median"], style, color=color,
                         label=f"{pick['method']} ({seeds} seeds)")  # fmt: skip
                 ax.fill_between(curve.index, curve["q1"], curve["q3"], color=color, alpha=0.2)

@@ -18,7 +18,17 @@ from typing import Any
 CURVATURE_METHODS = ("DiagGGNExact", "DiagGGNMC", "KFAC", "KFLR", "KFRA")
 #: First-order baselines: SGD with momentum 0.9 and Adam.
 BASELINE_METHODS = ("Momentum", "Adam")
-METHODS = CURVATURE_METHODS + BASELINE_METHODS
+#: Curvature optimizers beyond the paper (``extensions.optimizers.EXTENDED``, ours only): KFAC and
+#: KFLR with the KFC "expand" conv factors, EKFAC with MC and with exact loss-Hessian columns. The
+#: overhead benchmark times the same curvatures (``ours_expand`` KFAC/KFLR, ``EKFAC``). They run
+#: on the same alpha x lambda grid but only when asked (``--methods``): never in the defaults.
+EXTENDED_METHODS = ("KFAC-expand", "KFLR-expand", "EKFAC", "EKFAC-exact")
+#: Every curvature method a run accepts (the paper's and the extended ones).
+ALL_CURVATURE_METHODS = CURVATURE_METHODS + EXTENDED_METHODS
+#: The paper's methods (the default of a problem :data:`PAPER_METHODS` does not list).
+PAPER_DEFAULT_METHODS = CURVATURE_METHODS + BASELINE_METHODS
+#: Every method ``--methods`` accepts: the paper's, then the extended ones.
+METHODS = PAPER_DEFAULT_METHODS + EXTENDED_METHODS
 
 #: The paper's grid (App. C.2): lr in logspace(-4, 0, 5), damping in logspace(-4, 1, 6).
 PAPER_LRS = tuple(10.0**e for e in range(-4, 1))
@@ -94,7 +104,8 @@ class RunConfig:
 
     Attributes:
         problem: a problem name (``problems.get``).
-        method: a curvature (:data:`CURVATURE_METHODS`) or a baseline (:data:`BASELINE_METHODS`).
+        method: a curvature (:data:`ALL_CURVATURE_METHODS`) or a baseline
+            (:data:`BASELINE_METHODS`).
         lr: the learning rate alpha.
         damping: lambda (curvature methods only).
         seed: seeds the model init, the data order and augmentation, dropout and MC samples.
@@ -123,7 +134,7 @@ class RunConfig:
 
     def __post_init__(self):
         check_method(self.method)
-        if self.method in CURVATURE_METHODS and self.damping is None:
+        if self.method in ALL_CURVATURE_METHODS and self.damping is None:
             raise ValueError(f"{self.method} needs a damping value")
         if self.method in BASELINE_METHODS and self.damping is not None:
             raise ValueError(f"baseline {self.method} takes no damping (got {self.damping})")
@@ -131,8 +142,8 @@ class RunConfig:
 
     @property
     def is_curvature(self) -> bool:
-        """Whether the method is one of the paper's curvature optimizers."""
-        return self.method in CURVATURE_METHODS
+        """Whether the method is a curvature optimizer (the paper's or an extended one)."""
+        return self.method in ALL_CURVATURE_METHODS
 
     def identity(self) -> dict[str, Any]:
         """Return the canonical fields that define the run (everything but the device)."""
@@ -187,7 +198,8 @@ def grid(
 
     Args:
         problems: problem names.
-        methods: methods to run; ``None`` = the paper's methods per problem (:data:`PAPER_METHODS`).
+        methods: methods to run; ``None`` = the paper's methods per problem (:data:`PAPER_METHODS`;
+            never the :data:`EXTENDED_METHODS`).
         lrs: curvature learning rates.
         dampings: curvature dampings.
         baseline_lrs: baseline learning rates.
@@ -200,10 +212,12 @@ def grid(
     """
     runs = []
     for problem in problems:
-        chosen = methods if methods is not None else PAPER_METHODS.get(problem, METHODS)
+        chosen = methods
+        if chosen is None:
+            chosen = PAPER_METHODS.get(problem, PAPER_DEFAULT_METHODS)
         for method in chosen:
             check_method(method)
-            if method in CURVATURE_METHODS:
+            if method in ALL_CURVATURE_METHODS:
                 for lr in lrs:
                     for damping in dampings:
                         runs.append(RunConfig(problem, method, lr, damping, seed=seed, **common))

@@ -27,17 +27,17 @@ def _sync(device: torch.device) -> None:
 
 
 def _step_fn(problem: Any, method: str, device: torch.device, x, y, backend: str):
-    from extensions.optimizers import CURVATURES, loss_and_curvature, make_optimizer
+    from extensions.optimizers import ALL_CURVATURES, loss_and_curvature, make_optimizer
 
     torch.manual_seed(0)
     model = problem.model().to(device)
     loss_fn = problem.loss_fn()
-    damping = 1e-2 if method in CURVATURES else None
+    damping = 1e-2 if method in ALL_CURVATURES else None
     opt = make_optimizer(method, problem.l2_groups(model), 1e-3, damping)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        if method in CURVATURES:
+        if method in ALL_CURVATURES:
             _, curvature = loss_and_curvature(model, loss_fn, x, y, method, backend)
             opt.step(curvature)
         else:

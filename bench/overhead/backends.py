@@ -11,20 +11,29 @@ Backends: ``pytorch`` (the plain gradient only: the reference), ``ours`` (``exte
 ``backpack`` and ``backpack_savemem`` (BackPACK 1.7.1, default conv path and
 ``weight_jac_t_save_memory``), ``torch.func`` (``vmap(grad)`` per-sample gradients and norms),
 ``opacus`` (``GradSampleModule`` per-sample gradients, ghost-clipping norms) and ``loop``
-(per-sample gradients from N backward passes). Optional packages are imported lazily; a missing
+(per-sample gradients from N backward passes); ``ours_perstep`` opens ours' context per step, and
+``ours_expand`` / ``ours_perstep_expand`` time ours' KFAC/KFLR with the peers' KFC "expand" conv
+factors (the same quantity as the peers' rows). Optional packages are imported lazily; a missing
 one makes the backend unavailable (reported, not raised).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from bench.overhead.peers import NEW_QUANTITIES, PEER_BACKENDS
+from bench.overhead.peers import (
+    EXPAND_OURS,
+    EXPAND_QUANTITIES,
+    NEW_QUANTITIES,
+    PEER_BACKENDS,
+    has_conv,
+)
 from bench.overhead.step_base import BaseBackend, PerParam, Step
 from bench.spec import GRAD, QUANTITIES
 
@@ -42,14 +51,28 @@ class PytorchBackend(BaseBackend):
 # --------------------------------------------------------------------------------------------
 
 
+def configured_quantity(quantity: str, conv: str | None = None) -> Any:
+    """Return our quantity object for ``quantity`` (with the conv factorisation ``conv``, if set).
+
+    Results stay keyed by the plain name (``KFAC(conv="expand")`` is ``"KFAC"``).
+    """
+    from extensions import quantities
+
+    configured = quantities.resolve(quantity)
+    return configured if conv is None else dataclasses.replace(configured, conv=conv)
+
+
 class OursStep(Step):
     """A training step inside ``extensions.collect`` (entered once, like BackPACK's ``extend``).
 
     The context stays open for the step's lifetime (a training loop would enter it once);
-    ``close()`` removes the hooks.
+    ``close()`` removes the hooks. ``conv`` picks the Kronecker quantities' conv factorisation
+    (``None``: the quantity's default, BackPACK's).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, quantity: str):
+    def __init__(
+        self, model: nn.Module, loss_fn: nn.Module, quantity: str, conv: str | None = None
+    ):
         super().__init__(model, loss_fn, quantity)
         self._stack = contextlib.ExitStack()
         self._collected: dict[str, dict[str, Any]] | None = None
@@ -57,7 +80,7 @@ class OursStep(Step):
             import extensions
 
             self._collected = self._stack.enter_context(
-                extensions.collect(model, loss_fn, quantity)
+                extensions.collect(model, loss_fn, configured_quantity(quantity, conv))
             )
 
     def backward_with_quantity(self, inputs: Tensor, targets: Tensor) -> PerParam | None:
@@ -84,13 +107,20 @@ class OursPerStepStep(Step):
 
     ``with extensions.collect(...)`` is entered and left in every call, as a user writes
     ``with backpack(...):`` around each backward; the results stay readable after the context.
+    ``conv`` as for :class:`OursStep`.
     """
+
+    def __init__(
+        self, model: nn.Module, loss_fn: nn.Module, quantity: str, conv: str | None = None
+    ):
+        super().__init__(model, loss_fn, quantity)
+        self._configured = configured_quantity(quantity, conv)
 
     def backward_with_quantity(self, inputs: Tensor, targets: Tensor) -> PerParam | None:
         """Enter the context, forward, loss, backward, leave; keep the quantity."""
         import extensions
 
-        with extensions.collect(self.model, self.loss_fn, self.quantity) as collected:
+        with extensions.collect(self.model, self.loss_fn, self._configured) as collected:
             super().backward_with_quantity(inputs, targets)
         return dict(collected[self.quantity])
 
@@ -334,6 +364,42 @@ class OursPerStepBackend(OursBackend):
         return OursPerStepStep(model, loss_fn, quantity)
 
 
+class OursExpandBackend(OursBackend):
+    """Ours KFAC/KFLR with the KFC "expand" conv factors: what the peers' KFAC/KFLR compute.
+
+    ``extensions.KFAC(conv="expand")`` / ``KFLR(conv="expand")`` in one long-lived ``collect``
+    context. On a network with convolutions these are the same quantities as curvlinops', ASDL's
+    and nngeometry's KFAC/KFLR (whose rows are labelled ``differs`` against ours with BackPACK's
+    factors); without convolutions both factorisations agree.
+    """
+
+    name = "ours_expand"
+    quantities = EXPAND_QUANTITIES
+    conv = "expand"
+
+    def supports(self, quantity: str) -> bool:
+        """KFAC and KFLR (and ``grad``)."""
+        return BaseBackend.supports(self, quantity)
+
+    def note(self, model: nn.Module, input_shape: tuple[int, ...], quantity: str) -> str:
+        """Say which factorisation the row times (where it differs from ours' default)."""
+        return EXPAND_OURS if quantity in self.quantities and has_conv(model) else ""
+
+    def _make_step(self, model: nn.Module, loss_fn: nn.Module, quantity: str) -> Step:
+        return OursStep(model, loss_fn, quantity, None if quantity == GRAD else self.conv)
+
+
+class OursPerStepExpandBackend(OursExpandBackend):
+    """:class:`OursExpandBackend` with ``collect`` opened around every step (per-step pattern)."""
+
+    name = "ours_perstep_expand"
+
+    def _make_step(self, model: nn.Module, loss_fn: nn.Module, quantity: str) -> Step:
+        if quantity == GRAD:
+            return OursStep(model, loss_fn, quantity)
+        return OursPerStepStep(model, loss_fn, quantity, self.conv)
+
+
 #: backend name -> factory, in the order tables and figures list them
 BACKENDS: dict[str, Callable[[], BaseBackend]] = {
     "pytorch": PytorchBackend,
@@ -345,10 +411,15 @@ BACKENDS: dict[str, Callable[[], BaseBackend]] = {
     "opacus": OpacusBackend,
     "loop": LoopBackend,
     **PEER_BACKENDS,
+    "ours_expand": OursExpandBackend,
+    "ours_perstep_expand": OursPerStepExpandBackend,
 }
 #: the backends measured by default (``pytorch`` is always run as the reference)
 DEFAULT_BACKENDS = (
     "ours",
+    "ours_perstep",
+    "ours_expand",
+    "ours_perstep_expand",
     "backpack",
     "backpack_savemem",
     "torch.func",

@@ -14,9 +14,11 @@ defaults:
         100-class problem the C-column quantities (DiagGGNExact, KFLR, DiagHessian) at batch
         %(cbatch)s (labelled in the CSV's `note` column); BackPACK's default conv path is
         not timed for BatchGrad/SumGradSquared/Variance on All-CNN-C (10-22 s per step;
-        its save-memory path is); the peer libraries only on 3C3D at 32. %(plan_size)s
-        measurements, about 12-16 min on an idle 2-core machine (the 89 of the committed
-        reference took 10.7-14.7 min; see docs/overhead.md for the spread).
+        its save-memory path is); the peer libraries only on 3C3D at 32 (BatchGrad,
+        DiagGGNMC, KFAC, EKFAC), next to ours' EKFAC and expand-factor KFAC; ours' per-step
+        pattern (ours_perstep) for the first-order quantities on 3C3D. %(plan_size)s
+        measurements, estimated 11.4-12.3 min on an idle 2-core machine (the 89 of the
+        committed reference took 10.7-14.7 min; see docs/overhead.md for the estimate).
 
 examples:
   curvbench overhead                                   # the device's defaults, this machine
@@ -188,7 +190,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 #: measurements in the CPU default plan (``--dry-run`` prints it; a test keeps it true)
-CPU_DEFAULT_PLAN_SIZE = 96
+CPU_DEFAULT_PLAN_SIZE = 109
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -17,14 +17,17 @@ quantity. curvlinops and nngeometry never fill ``.grad``: their step adds the pl
   ``EKFACLinearOperator``'s convention: weight and bias apart).
 
 Rows that are not the same quantity as ours are labelled ``differs: <why>`` in ``note``
-(:meth:`PeerBackend.note`): the peers' conv Kronecker factors are KFC "expand"
+(:meth:`PeerBackend.note`); :func:`same_quantity` says which of ours' rows a peer's row is
+compared with. The peers' conv Kronecker factors are KFC "expand"
 (``B = 1/N sum_{c,n,s} g gᵀ``, ``A = 1/(N S) sum_{n,s} x xᵀ``; nngeometry moves the ``1/S``
 to ``B``, the same product; BackPACK's are
-``B = 1/N sum_{c,n} (sum_s g)(sum_s g)ᵀ``, ``A = 1/N sum_{n,s} x xᵀ``), ASDL's conv diagonal
-switches to ``sum x² g²`` on small output maps, nngeometry's EKFAC eigenbasis joins weight and
-bias. Methods that loop over the classes (``C`` backward passes) are bounded like BackPACK's KFRA:
-on its first call a step times its plain gradient step and refuses (:class:`StepOverBudget`,
-a ``bounded`` row) when ``passes x that time`` exceeds :data:`CLASS_LOOP_BOUND_S`.
+``B = 1/N sum_{c,n} (sum_s g)(sum_s g)ᵀ``, ``A = 1/N sum_{n,s} x xᵀ``): ours times them too, as
+backend ``ours_expand`` (``ours_perstep_expand``), whose rows they are compared with. ASDL's
+conv diagonal switches to ``sum x² g²`` on small output maps, nngeometry's EKFAC eigenbasis joins
+weight and bias. Methods that loop over the classes (``C`` backward passes) are bounded like
+BackPACK's KFRA: on its first call a step times its plain gradient step and refuses
+(:class:`StepOverBudget`, a ``bounded`` row) when ``passes x that time`` exceeds
+:data:`CLASS_LOOP_BOUND_S`.
 """
 
 from __future__ import annotations
@@ -46,13 +49,31 @@ KRONECKER = ("KFAC", "KFLR", EKFAC)
 PEER_BACKEND_NAMES = ("curvlinops", "asdl", "nngeometry")
 EXPAND_CONV = (
     "differs: conv layers get KFC-expand factors (B = 1/N sum_{c,n,s} g g^T, "
-    "A = 1/(N S) sum_{n,s} x x^T; nngeometry moves the 1/S to B), not BackPACK's"
+    "A = 1/(N S) sum_{n,s} x x^T; nngeometry moves the 1/S to B), not BackPACK's; "
+    "the same quantity as ours_expand's row"
 )
+#: the quantities ours also times with the KFC "expand" conv factors (backend ``ours_expand``)
+EXPAND_QUANTITIES = ("KFAC", "KFLR")
+#: the ``note`` of an ``ours_expand`` row on a network with convolutions
+EXPAND_OURS = (
+    "KFC-expand conv factors (extensions conv='expand'): the peers' KFAC/KFLR, not BackPACK's"
+)
+
+
+def same_quantity(ours_backend: str, peer_note: str) -> bool:
+    """Whether a peer's row (its ``note``) computes what ``ours_backend``'s row of it computes.
+
+    A row labelled ``differs`` is not ours' quantity, except a KFC-expand row (:data:`EXPAND_CONV`)
+    against ours with the same factors (``ours_expand``, ``ours_perstep_expand``).
+    """
+    if not peer_note.startswith("differs"):
+        return True
+    return ours_backend.endswith("_expand") and peer_note == EXPAND_CONV
 
 
 #: CPU defaults (``make overhead`` <= 15 min): the peers run only here, architecture ->
 #: (batch size, quantities); ``--backends ...`` times them everywhere.
-CPU_DEFAULT_PEER_RUNS = {"3c3d": (32, ("BatchGrad", "DiagGGNMC", "KFAC"))}
+CPU_DEFAULT_PEER_RUNS = {"3c3d": (32, ("BatchGrad", "DiagGGNMC", "KFAC", EKFAC))}
 
 
 def cpu_default_allows(backend: str, arch: str, batch_size: int, quantity: str) -> bool:

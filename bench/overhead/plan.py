@@ -13,9 +13,15 @@ import torch
 
 from bench import results_io
 from bench.overhead.backends import DEFAULT_BACKENDS, get_backend
-from bench.overhead.peers import NEW_QUANTITIES, cpu_default_allows, cpu_default_peer_note
+from bench.overhead.peers import (
+    EKFAC,
+    NEW_QUANTITIES,
+    PEER_BACKEND_NAMES,
+    cpu_default_allows,
+    cpu_default_peer_note,
+)
 from bench.overhead.problem_setup import architecture_of, problem_setup
-from bench.spec import C_COLUMN_QUANTITIES, GRAD, OVERHEAD_COLUMNS, QUANTITIES
+from bench.spec import C_COLUMN_QUANTITIES, FIRST_ORDER, GRAD, OVERHEAD_COLUMNS, QUANTITIES
 
 #: Columns written beyond ``bench.spec.OVERHEAD_COLUMNS``.
 EXTRA_COLUMNS = ("note", "warmup", "threads", "peak_mem_method")
@@ -29,7 +35,7 @@ DEFAULT_PROBLEMS = ("cifar10_3c3d", "cifar100_allcnnc")
 #: CUDA defaults: the paper's batch sizes plus 128.
 CUDA_BATCH_SIZES = (32, 48, 64, 128)
 CUDA_ROUNDS = 20
-#: CPU defaults (2 cores, 10.7 min measured, the target is <= 15 min): see ``default_plan``.
+#: CPU defaults (2 cores, the target is <= 15 min): see ``default_plan`` and :data:`CPU_ESTIMATE`.
 CPU_BATCH_SIZES = {"3c3d": (32, 128), "allcnnc": (128,)}
 CPU_ROUNDS = 3
 CPU_C_COLUMN_BATCH = 2
@@ -37,6 +43,27 @@ CPU_C_COLUMN_BATCH = 2
 #: defaults: BackPACK's default conv path on All-CNN-C takes 10-22 s per step for these (about
 #: 5 of the old 25 minutes); its ``weight_jac_t_save_memory`` path is timed instead.
 CPU_DEFAULT_SKIPS = {("allcnnc", "backpack"): ("BatchGrad", "SumGradSquared", "Variance")}
+#: The variants beyond the paper's that the CPU defaults time, (architecture, batch size) ->
+#: backend -> quantities: ours' per-step pattern for the first-order quantities (where opening
+#: ``collect`` each step weighs most), EKFAC and ours' expand KFAC next to the peers (whose CPU
+#: default runs are ``peers.CPU_DEFAULT_PEER_RUNS``). ``--backends ...`` times them everywhere.
+CPU_DEFAULT_EXTRA_RUNS = {
+    ("3c3d", 32): {"ours": (EKFAC,), "ours_perstep": FIRST_ORDER, "ours_expand": ("KFAC",)},
+    ("3c3d", 128): {"ours_perstep": FIRST_ORDER},
+}
+#: the ours variants the CPU defaults run only where :data:`CPU_DEFAULT_EXTRA_RUNS` says
+CPU_LIMITED_BACKENDS = ("ours_perstep", "ours_expand", "ours_perstep_expand")
+#: The CPU default plan's length and wall time on 2 idle cores (``tests`` keep the count true).
+#: Estimate = 5.5 x (the sum of the median step times) + about 1-3 s per measurement (model build,
+#: memory probe process): the 89 measurements of the committed reference (sum of medians 107 s)
+#: took 10.7 and 11 min, one fresh-clone run 14.7 min. The 20 rows added since, all on 3C3D (grad
+#: 42 ms at N=32, 179 ms at N=128): the peers at N=32 (BatchGrad, DiagGGNMC, KFAC at about 4-6x
+#: the gradient: 7 rows, sum ~1.5 s; EKFAC: curvlinops ~9x, ASDL ~4x, nngeometry ~6x: sum ~0.8 s),
+#: ours EKFAC (~2.5x) and expand KFAC (~2.2x, as ours KFAC) ~0.2 s, ours_perstep first order
+#: (~1.25x, as ours: 4 rows at N=32 ~0.2 s, 4 at N=128 ~0.9 s): sum ~3.6 s, i.e. 20 s of steps and
+#: 20-60 s of overhead, +0.7-1.3 min. Estimate: 11.4-12.3 min idle (the 14.7-min run's conditions:
+#: 16 min, over the target: the idle-machine runs are the budget's basis).
+CPU_ESTIMATE = (109, "11.4-12.3 min")
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,28 @@ def _active_skips(options: PlanOptions) -> dict[tuple[str, str], tuple[str, ...]
     return CPU_DEFAULT_SKIPS if on_cpu_defaults and options.cpu_skips else {}
 
 
+def cpu_default_runs(backend: str, arch: str, batch_size: int, quantity: str) -> bool:
+    """Whether the CPU default plan times ``backend``/``quantity`` at this size.
+
+    The paper's quantities of ours and BackPACK run everywhere (but :data:`CPU_DEFAULT_SKIPS`);
+    the peers as ``peers.CPU_DEFAULT_PEER_RUNS`` says, the ours variants
+    (:data:`CPU_LIMITED_BACKENDS`) and EKFAC as :data:`CPU_DEFAULT_EXTRA_RUNS` says.
+    """
+    if backend in PEER_BACKEND_NAMES:
+        return cpu_default_allows(backend, arch, batch_size, quantity)
+    if backend in CPU_LIMITED_BACKENDS or quantity in NEW_QUANTITIES:
+        return quantity in CPU_DEFAULT_EXTRA_RUNS.get((arch, batch_size), {}).get(backend, ())
+    return True
+
+
+def _extra_runs_note() -> str:
+    runs = "; ".join(
+        f"{arch} N={n}: " + ", ".join(f"{b} {'/'.join(qs)}" for b, qs in by_backend.items())
+        for (arch, n), by_backend in CPU_DEFAULT_EXTRA_RUNS.items()
+    )
+    return f"ours' per-step pattern, expand factors and EKFAC only at {runs} (--backends for more)"
+
+
 def cpu_default_skips(options: PlanOptions) -> list[str]:
     """Describe the variants :func:`default_plan` leaves out on the CPU defaults (for the log)."""
     archs = {architecture_of(p) for p in options.problems}
@@ -96,19 +145,29 @@ def cpu_default_skips(options: PlanOptions) -> list[str]:
         f"{backend} {'/'.join(qs)} on {arch} (too slow on CPU; pass --backends to time it)"
         for (arch, backend), qs in skips.items()
         if arch in archs and backend in options.backends
-    ] + ([cpu_default_peer_note()] if skips else [])
+    ] + ([cpu_default_peer_note(), _extra_runs_note()] if skips else [])
+
+
+def planned_quantities(options: PlanOptions) -> list[str]:
+    """Return the quantities to plan: the default (the paper's ten) adds :data:`NEW_QUANTITIES`."""
+    quantities = list(options.quantities)
+    if quantities == list(QUANTITIES):
+        quantities += [q for q in NEW_QUANTITIES if q not in quantities]
+    return quantities
 
 
 def default_plan(options: PlanOptions) -> list[Measurement]:
     """Expand the options into measurements, filling the device's defaults.
 
-    CUDA: batch sizes 32, 48, 64, 128 for every problem. CPU (2 cores, 10.7 min measured): 3C3D at
-    32 and 128, All-CNN-C at 128, on 100-class problems the C-column quantities (DiagGGNExact,
-    KFLR, DiagHessian) at batch ``CPU_C_COLUMN_BATCH`` (labelled in ``note``), and without the
-    slow variants of :data:`CPU_DEFAULT_SKIPS` (see :func:`cpu_default_skips`).
-    Explicit ``batch_sizes`` apply to every problem and quantity unless ``c_column_batch_size``
-    is also given. Backends run only the quantities they have; ``pytorch``/``grad`` is added to
-    every group as the reference.
+    CUDA: batch sizes 32, 48, 64, 128 for every problem. CPU (2 cores, :data:`CPU_ESTIMATE`):
+    3C3D at 32 and 128, All-CNN-C at 128, on 100-class problems the C-column quantities
+    (DiagGGNExact, KFLR, DiagHessian) at batch ``CPU_C_COLUMN_BATCH`` (labelled in ``note``),
+    without the slow variants of :data:`CPU_DEFAULT_SKIPS`, and the peers, ours' per-step and
+    expand variants and EKFAC only where :func:`cpu_default_runs` says (see
+    :func:`cpu_default_skips`). The default quantities (the ten) also time EKFAC
+    (:func:`planned_quantities`). Explicit ``batch_sizes`` apply to every problem and quantity
+    unless ``c_column_batch_size`` is also given. Backends run only the quantities they have;
+    ``pytorch``/``grad`` is added to every group as the reference.
     """
     device = torch.device(options.device)
     for quantity in options.quantities:
@@ -137,7 +196,7 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
         arch = architecture_of(problem)
         for mode in options.modes:
             wanted: list[tuple[int, str, str]] = []
-            for quantity in options.quantities:
+            for quantity in planned_quantities(options):
                 if quantity == GRAD:
                     continue
                 if reduce_c and quantity in C_COLUMN_QUANTITIES:
@@ -154,7 +213,7 @@ def default_plan(options: PlanOptions) -> list[Measurement]:
                 for backend in backends:
                     skipped = skips.get((arch, backend.name), ())
                     for m, quantity, note in wanted:
-                        if skips and not cpu_default_allows(backend.name, arch, m, quantity):
+                        if skips and not cpu_default_runs(backend.name, arch, m, quantity):
                             continue
                         if m == n and backend.supports(quantity) and quantity not in skipped:
                             label = note or backend.note(model, setup.input_shape, quantity)
