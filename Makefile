@@ -51,7 +51,7 @@ overhead-table: $(STAMP) ## ours vs BackPACK, per quantity, both networks, batch
 figures: $(STAMP) ## rebuild plots/ and the REPORT.md files from the committed CSVs (overhead: results/overhead/reference/*.csv)
 	$(VENV)/bin/curvbench figures $(ARGS)
 
-gridsearch: $(STAMP) ## the paper's full alpha/lambda grid (meant for CUDA; resumable)
+gridsearch: $(STAMP) ## the paper's full alpha/lambda grid (meant for CUDA; resumable) -> results/gridsearch/local/paper (untracked; committed stores: results/gridsearch/reference/)
 	$(VENV)/bin/curvbench gridsearch run $(ARGS)
 
 gridsearch-smoke: $(STAMP) ## a tiny grid on synthetic data, end to end, with a kill -9 and a resume

@@ -4,6 +4,10 @@ The overhead figures come from the committed references, results/overhead/refere
 set of figures per machine) and reference/presets/<fig8|fig9>-<machine>.csv (Fig. 8, Fig. 9);
 to plot this machine's own run (results/overhead/local/), use
 python -m bench.overhead.cli_figures --csv FILE --plots DIR.
+
+The grid-search figures come from the committed run stores, results/gridsearch/reference/<store>/
+(plots/gridsearch/<store>/, results/gridsearch/REPORT.md); this machine's own stores
+(results/gridsearch/local/) are not drawn.
 """
 
 from __future__ import annotations

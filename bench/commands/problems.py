@@ -24,19 +24,19 @@ _COLUMNS = (
 
 
 def problem_rows(data_dir: str | None = None) -> list[dict[str, Any]]:
-    """Describe every problem as a JSON-ready dict.
+    """Describe every problem, then every variant (``problems.VARIANTS``), as JSON-ready dicts.
 
     Args:
         data_dir: Data directory, or ``None`` for ``$CURVBENCH_DATA`` / the user cache.
 
     Returns:
-        The rows, in ``problems.names()`` order.
+        The rows, in ``problems.names()`` order, then the variants (``"variant": True``).
 
     """
     import problems
 
     rows = []
-    for name in problems.names():
+    for name in (*problems.names(), *problems.VARIANTS):
         problem = problems.get(name)
         rows.append(
             {
@@ -49,6 +49,7 @@ def problem_rows(data_dir: str | None = None) -> list[dict[str, Any]]:
                 "epochs": problem.epochs,
                 "deepobs_defaults": problem.deepobs_defaults,
                 "in_deepobs": problem.in_deepobs,
+                "variant": name in problems.VARIANTS,
                 "data_present": problem.data_present(data_dir),
                 "description": problem.description,
             }
@@ -63,6 +64,8 @@ def _cell(key: str, row: dict[str, Any]) -> str:
         return f"{value:,}"
     if key in ("batch_size", "epochs") and not row["deepobs_defaults"]:
         return f"{value}*"
+    if key == "in_deepobs" and row.get("variant"):
+        return "variant"
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
@@ -87,6 +90,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append("* our choice: DeepOBS has no default batch size/epochs for this problem")
     if any(not row["in_deepobs"] for row in rows):
         lines.append("DeepOBS = no: our addition, not a DeepOBS test problem")
+    if any(row.get("variant") for row in rows):
+        lines.append(
+            "DeepOBS = variant: a variant of a problem above, not in DeepOBS "
+            "(curvbench overhead --problems accepts it)"
+        )
     return "\n".join(lines)
 
 
@@ -107,7 +115,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="list the test problems and whether their data is present",
         description=(
             "List the test problems (DeepOBS 3C3D and All-CNN-C on CIFAR-10/100, rebuilt from "
-            "standard torch modules): dataset, number of parameters, L2 factor on the weights, "
+            "standard torch modules) and their variants (not in DeepOBS): dataset, number of "
+            "parameters, L2 factor on the weights, "
             "default batch size and epochs, whether DeepOBS has the problem, and whether its "
             "dataset is downloaded (get it with `curvbench data download NAME`)."
         ),

@@ -27,6 +27,7 @@ from typing import Any
 
 from bench import options as opt
 from bench.gridsearch.cli_slurm import add_slurm_arguments, slurm_options_from_args
+from bench.gridsearch.fingerprint import fingerprint, record, resume_target
 from bench.gridsearch.grid import (
     BASELINE_LRS,
     BEST_SEEDS,
@@ -39,15 +40,25 @@ from bench.gridsearch.grid import (
     RunConfig,
     grid,
 )
-from bench.gridsearch.store import STATUS_COLUMNS, RunStore, best_settings, seed_runs, status_table
+from bench.gridsearch.store import (
+    STATUS_COLUMNS,
+    RunStore,
+    best_settings,
+    check_done_rows,
+    seed_runs,
+    status_table,
+)
+from bench.results_io import CSVFileError
 
 #: Environment variable naming the data directory (``problems.data.cifar``).
 DATA_ENV = "CURVBENCH_DATA"
 
 DEFAULT_PROBLEMS = ("cifar10_3c3d", "cifar100_allcnnc")
-DEFAULT_OUT = "results/gridsearch/paper"
+#: This machine's own store (git-ignored); the committed stores live in ``REFERENCE_DIR``.
+DEFAULT_OUT = "results/gridsearch/local/paper"
+REFERENCE_DIR = "results/gridsearch/reference"
 #: The committed smoke reference (``--update-reference``) and the smoke's default output.
-SMOKE_REFERENCE = "results/gridsearch/smoke"
+SMOKE_REFERENCE = f"{REFERENCE_DIR}/smoke"
 SMOKE_OUT = "results/gridsearch/local/smoke"
 SMOKE_PLOTS = "plots/local"
 
@@ -261,6 +272,12 @@ def slurm_device(device: str | None, gpus: int) -> str:
             f"--device {device} needs GPUs on the nodes: add --slurm-gpus 1 (or more), "
             "or use --device cpu"
         )
+    index = device.partition(":")[2]
+    if index and int(index) >= gpus > 0:
+        raise UsageError(
+            f"--device {device} names GPU {index}, but --slurm-gpus {gpus} gives each task "
+            f"GPU(s) 0..{gpus - 1}: use --device cuda, or --slurm-gpus {int(index) + 1}"
+        )
     if device == "cpu" and gpus > 0:
         raise UsageError(
             f"--slurm-gpus {gpus} asks for GPUs but --device cpu trains on the CPU: "
@@ -311,12 +328,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         gpus=gpus if device.startswith("cuda") else None,
         **slurm,
     )
-    store = RunStore(args.out)
+    current = fingerprint(device, args.source)
+    out, note = resume_target(args.out, current)
+    if note:
+        print(f"gridsearch run: {note}")
+    store = RunStore(out)
+    check_done_rows(store)  # a torn CSV of a done run: say so before any work
+    record(store.root, current)
     grid = grid_jobs(args, device)
-    if args.executor == "local":
-        note = check_store_environment(store, device)
-        if note:
-            print(note)
     print(f"grid: {len(grid)} runs -> {store.root} ({type(executor).__name__}, {device})")
     executor.run(grid, store)
     if not args.no_best:
@@ -325,34 +344,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor.run(reruns, store)
     left = print_status(grid, store, args.seeds, not args.no_best)
     return 0 if left == 0 else 3
-
-
-def check_store_environment(store: RunStore, device: str) -> str | None:
-    """Record the store's environment (device type, torch); say so when this one differs.
-
-    Returns:
-        A line to print when runs in the store were trained elsewhere (``None`` if compatible).
-
-    """
-    import torch
-
-    from bench.results_io import atomic_write_json, read_json
-
-    path = store.root / ".environment.json"  # a dot file: not a run sidecar
-    mine = {"device_type": device.split(":")[0], "torch": torch.__version__}
-    recorded = read_json(path)
-    if recorded is None:
-        atomic_write_json(path, mine)
-        return None
-    diff = {k: (recorded.get(k), v) for k, v in mine.items() if recorded.get(k) != v}
-    if not diff:
-        return None
-    what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in diff.items())
-    return (
-        f"note: {store.root} was started with another environment ({what}); interrupted runs "
-        "resume across it (each run's sidecar lists its attempts); use a new --out to keep "
-        "them apart"
-    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -436,7 +427,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
     if args.update_reference:
         out, plots = Path(SMOKE_REFERENCE), Path(args.plots or "plots")
-        report_dir = out.parent  # results/gridsearch/REPORT.md, as `make figures` builds it
+        report_dir = Path(REFERENCE_DIR).parent  # results/gridsearch/REPORT.md, as `make figures`
     else:
         out, plots = Path(args.out), Path(args.plots or SMOKE_PLOTS)
         report_dir = out
@@ -520,9 +511,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "gridsearch",
         help="the paper's alpha/lambda grid search (run, status, best, smoke, unlock)",
-        description=__doc__,
+        description=opt.plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    opt.one_line_errors(parser)
     sub = parser.add_subparsers(dest="gridsearch_command", metavar="SUBCOMMAND")
 
     run = sub.add_parser(
@@ -600,7 +592,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="step time of each optimizer relative to SGD-momentum (one process, interleaved)",
     )
     steptime.add_argument(
-        "--problems", nargs="+", type=_problem, default=list(DEFAULT_PROBLEMS), metavar="PROBLEM"
+        "--problems",
+        nargs="+",
+        type=_problem,
+        default=list(DEFAULT_PROBLEMS),
+        metavar="PROBLEM",
+        help=f"problems among {', '.join(_problem_names())} (default: %(default)s)",
     )
     steptime.add_argument(
         "--methods",
@@ -608,7 +605,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=["Momentum", "Adam", "DiagGGNExact", "DiagGGNMC", "KFAC", "KFLR"],
         choices=METHODS,
         metavar="METHOD",
-        help="methods to time (default: all but KFRA, infeasible on CNNs)",
+        help=f"methods to time, among {', '.join(METHODS)} (default: all but KFRA, infeasible "
+        "on CNNs)",
     )
     steptime.add_argument(
         "--batch-size", type=opt.positive_int, default=32, help="default: %(default)s"
@@ -617,9 +615,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--rounds", type=opt.positive_int, default=5, help="timed rounds (default 5)"
     )
     steptime.add_argument(
-        "--device", type=_device_or_auto, default=None, help="default: cuda if available"
+        "--device",
+        type=_device_or_auto,
+        default=None,
+        help="cpu, cuda or cuda:N (default auto: cuda if this machine has it)",
     )
-    steptime.add_argument("--backend", choices=("auto", "ours", "backpack"), default="auto")
+    steptime.add_argument(
+        "--backend",
+        choices=("auto", "ours", "backpack"),
+        default="auto",
+        help="curvature implementation: auto, ours or backpack (default auto: ours)",
+    )
     steptime.add_argument(
         "--threads", type=opt.positive_int, default=2, help="torch threads (default 2)"
     )
@@ -694,6 +700,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     smoke.set_defaults(gridsearch_func=cmd_smoke)
 
+    for subparser in sub.choices.values():
+        opt.one_line_errors(subparser)
+
     def dispatch(args: argparse.Namespace) -> int:
         func = getattr(args, "gridsearch_func", None)
         if func is None:
@@ -701,7 +710,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             return 2
         try:
             return func(args)
-        except (UsageError, opt.DeviceUnavailable) as err:
+        except UsageError as err:  # a combination of flags: as argparse's errors
+            prog = f"curvbench gridsearch {args.gridsearch_command}"
+            print(f"{prog}: error: {err} (see --help)", file=sys.stderr)
+            return 2
+        except (opt.DeviceUnavailable, CSVFileError) as err:  # this machine, or a file
             print(f"curvbench gridsearch {args.gridsearch_command}: error: {err}", file=sys.stderr)
             return 2
 

@@ -1,7 +1,9 @@
 """Figures and REPORT.md of the grid search, from the run stores (no compute).
 
-``make_all(results_dir, plots_dir)`` treats ``results_dir`` (``results/gridsearch``) and each
-sub-folder holding run sidecars (``paper/``, ``smoke/``) as a run store, and writes:
+``make_all(results_dir, plots_dir)`` draws the committed stores in ``results_dir/reference/``
+(``results/gridsearch/reference/smoke``, ...) where that folder exists, else ``results_dir`` and
+each sub-folder holding run sidecars (e.g. this machine's ``results/gridsearch/local``), and
+writes:
 
 * ``<plots_dir>/gridsearch/<store>/heatmap_<problem>_<source>_<method>.{pdf,png}``: final
   validation accuracy over the alpha x lambda grid (grid seed 42), the best cell outlined;
@@ -87,8 +89,18 @@ CURVE_PANELS = (
 FAMILY = ["problem", "source", "epochs", "batch_size", "options"]
 
 
+#: The sub-folder of the committed stores: where it exists, only its stores are drawn.
+REFERENCE = "reference"
+
+
 def _stores(results_dir: Path) -> list[tuple[str, RunStore]]:
-    """``results_dir`` itself and every sub-folder that holds run sidecars."""
+    """Return the stores to draw, as ``(name, store)``.
+
+    Those in ``results_dir/reference/`` if that folder exists (the committed ones, not this
+    machine's ``local/``), else ``results_dir`` itself and its sub-folders with run sidecars.
+    """
+    if (results_dir / REFERENCE).is_dir():
+        results_dir = results_dir / REFERENCE
     found = []
     for folder in [results_dir, *sorted(p for p in results_dir.glob("*") if p.is_dir())]:
         if RunStore(folder).run_ids():
@@ -310,7 +322,8 @@ def make_all(results_dir: str | Path, plots_dir: str | Path) -> list[Path]:
     """Build every grid-search figure and ``<results_dir>/REPORT.md``; return the paths.
 
     Args:
-        results_dir: ``results/gridsearch`` (a store, or a folder of stores).
+        results_dir: ``results/gridsearch`` (its ``reference/`` stores), a store, or a folder
+            of stores; REPORT.md goes here.
         plots_dir: the plots root; figures go to ``<plots_dir>/gridsearch/<store>/``.
 
     Returns:

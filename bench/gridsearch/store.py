@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.gridsearch.grid import BEST_SEEDS, DONE, STATUSES, RunConfig
-from bench.results_io import atomic_write_csv, atomic_write_json, read_csv_rows, read_json
+from bench.results_io import (
+    CSVFileError,
+    atomic_write_csv,
+    atomic_write_json,
+    read_csv_rows_strict,
+    read_json,
+)
 from bench.spec import GRIDSEARCH_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -162,8 +168,17 @@ class RunStore:
         return read_json(self.sidecar_path(run_id))
 
     def read_rows(self, run_id: str) -> list[dict[str, str]]:
-        """Read the run's CSV rows as strings (empty if there is no CSV yet)."""
-        return read_csv_rows(self.csv_path(run_id))
+        """Read the run's CSV rows as strings (empty if there is no CSV yet).
+
+        Raises:
+            bench.results_io.CSVFileError: the CSV is empty, binary, lacks a column or is cut
+                mid-row (the error names the file and the line).
+
+        """
+        path = self.csv_path(run_id)
+        if not path.exists():
+            return []
+        return read_csv_rows_strict(path, GRIDSEARCH_COLUMNS)
 
     def run_ids(self) -> list[str]:
         """Every run with a sidecar."""
@@ -395,6 +410,30 @@ def status_table(jobs: Sequence[RunConfig], store: RunStore) -> list[dict[str, A
     for key, row in table.items():
         row["devices"] = ", ".join(f"{d} x{n}" for d, n in devices.get(key, {}).items()) or "-"
     return list(table.values())
+
+
+def check_done_rows(store: RunStore) -> None:
+    """Read the CSV of every done run strictly: a torn one ends the sweep before any work.
+
+    A done run has no checkpoint left to rebuild its rows from, so its CSV is the only record.
+
+    Raises:
+        CSVFileError: a done run's CSV is empty, binary or cut mid-row; the message says how to
+            train the run again.
+
+    """
+    for run_id in store.run_ids():
+        if not store.is_done(run_id):
+            continue
+        try:
+            store.read_rows(run_id)
+        except CSVFileError as err:
+            raise CSVFileError(
+                err.path,
+                err.line,
+                f"{err.reason}; the run is done, so nothing can rebuild it: move "
+                f"{run_id}.csv and {run_id}.json aside to train it again",
+            ) from None
 
 
 def final_row(store: RunStore, run_id: str) -> dict[str, str] | None:

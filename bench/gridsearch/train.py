@@ -17,7 +17,8 @@ Protocol (``problems.md`` §4, ``gridsearch.md`` §5.1/5.3):
   run's device; the RNG streams that exist on this device are restored, and one that does not
   (a CUDA stream resumed on a CPU) is reported in the attempt's sidecar entry. The last two
   checkpoints are kept: a corrupt or truncated one falls back to the previous one, and with
-  neither readable the run restarts cleanly from epoch 0 (reported, never a crash loop).
+  neither readable the run restarts cleanly from epoch 0 (reported, never a crash loop). The
+  checkpoint holds the rows, so a torn CSV is rewritten from it, never appended to.
 * The device ``"auto"`` is resolved here, where the run executes (CUDA if this process sees a
   GPU). Every attempt appends ``{at, host, pid, device, device_name, cuda_visible_devices,
   wall_s, ...}`` to the sidecar's ``attempts`` list.
@@ -436,8 +437,20 @@ def _resume(
     """Resume ``run`` from its newest readable checkpoint; record what happened in ``attempt``.
 
     A checkpoint that fails to load or apply is skipped (``attempt["bad_checkpoints"]``), with a
-    fresh run for the next try; with none left the run restarts from epoch 0.
+    fresh run for the next try; with none left the run restarts from epoch 0. A torn CSV (cut
+    mid-row by something other than our atomic writes: a copy, a full disk) is never appended to:
+    the checkpoint's rows replace it (``attempt["torn_csv"]``), or the restart rewrites it.
     """
+    from bench.results_io import CSVFileError
+
+    try:
+        store.read_rows(config.run_id)
+    except CSVFileError as err:
+        attempt["torn_csv"] = str(err)[:500]
+        print(
+            f"curvbench: run {config.run_id}: {err}; its rows are rewritten from the "
+            "checkpoint (or from epoch 0), never appended to"
+        )
     for path in run.checkpoints():
         try:
             missing = run.restore(path)

@@ -9,8 +9,10 @@
         check_case(case, tmp_path)
 
 Every case runs with the repository as working directory (so a default output path would land in
-the committed ``results/``) and asserts that the files under ``results/`` and ``plots/`` are
-byte-identical before and after, besides the exit code and a fragment of stderr + stdout.
+the committed ``results/``) and asserts, besides the exit code and a fragment of stderr + stdout,
+that nothing it must not touch changed (:func:`snapshot`): every tracked file (``git ls-files``),
+every untracked file git does not ignore, every file under ``results/`` and ``plots/`` (this
+machine's ignored ``local/`` runs too) and the timing gate's ``reference_ratios.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+#: folders whose every file is watched, ignored ones included
 WATCHED = ("results", "plots")
+#: the timing gate's committed reference ratios (per device type)
+REFERENCE_RATIOS = "bench/overhead/reference_ratios.json"
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,29 @@ class Case:
         return " ".join(self.argv)
 
 
-def snapshot(root: Path = ROOT, folders=WATCHED) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``folders``."""
-    out = {}
+def _git_files(root: Path, *flags: str) -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-z", *flags], cwd=root, capture_output=True, check=True
+    ).stdout
+    return [name for name in out.decode().split("\0") if name]
+
+
+def snapshot(root: Path = ROOT, folders=WATCHED, repository: bool = True) -> dict[str, str]:
+    """Relative path -> sha256 (``"missing"`` for a deleted tracked file) of every watched file.
+
+    Watched: every file under ``folders``; with ``repository`` (``root`` is a git checkout) also
+    every tracked file, every untracked file git does not ignore and :data:`REFERENCE_RATIOS`.
+    """
+    names: set[str] = set()
+    if repository:
+        names |= set(_git_files(root)) | set(_git_files(root, "--others", "--exclude-standard"))
+        names.add(REFERENCE_RATIOS)
     for folder in folders:
-        for path in sorted((root / folder).rglob("*")):
-            if path.is_file():
-                out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        names.update(str(p.relative_to(root)) for p in (root / folder).rglob("*") if p.is_file())
+    out = {}
+    for name in sorted(names):
+        path = root / name
+        out[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
     return out
 
 
@@ -74,5 +95,7 @@ def check_case(case: Case, tmp_path: Path) -> subprocess.CompletedProcess:
     assert proc.returncode == case.code, f"exit {proc.returncode}, expected {case.code}:\n{output}"
     assert case.fragment in output, f"{case.fragment!r} not in:\n{output}"
     assert "Traceback" not in output, output
-    assert snapshot() == before, "the command changed files under results/ or plots/"
+    after = snapshot()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the command changed files it must not touch: {changed[:10]}"
     return proc

@@ -196,23 +196,37 @@ def test_command_table_lists_every_problem(fake_data, capsys):
         assert row[8] == ("yes" if dataset == "cifar100" else "no")
 
 
+def test_command_table_lists_the_variants_labelled(fake_data, capsys):
+    """Issue 13: ``overhead --problems`` accepts cifar10_3c3dsig, so ``problems`` shows it."""
+    lines = _run_command(["problems", "--data-dir", "D"], capsys).splitlines()
+    for name in VARIANTS:
+        (row,) = [line.split() for line in lines if line.startswith(name + " ")]
+        assert row[7] == "variant"
+    assert any(
+        line.startswith("DeepOBS = variant: ") and "not in DeepOBS" in line for line in lines
+    )
+
+
 def test_command_json_parses(fake_data, capsys):
     _, calls = fake_data
     rows = json.loads(_run_command(["problems", "--json", "--data-dir", "D"], capsys))
-    assert [r["name"] for r in rows] == list(NAMES)
+    assert [r["name"] for r in rows] == [*NAMES, *VARIANTS]
+    assert [r["name"] for r in rows if r["variant"]] == list(VARIANTS)
     for row in rows:
         problem = problems.get(row["name"])
         assert row["num_parameters"] == problem.num_parameters()
         assert row["l2"] == problem.l2
         assert row["in_deepobs"] is problem.in_deepobs
         assert row["data_present"] is (problem.dataset == "cifar100")
-    assert {c[1] for c in calls} == {(row[0], "D") for row in EXPECTED.values()}
+    assert {c[1] for c in calls} == {
+        (row[0], "D") for row in (*EXPECTED.values(), *VARIANTS.values())
+    }
 
 
 def test_cli_entry_point_json_and_help(tmp_path, capsys):
     assert cli_main(["problems", "--json", "--data-dir", str(tmp_path)]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == list(NAMES)
+    assert [r["name"] for r in rows] == [*NAMES, *VARIANTS]
     assert all(r["data_present"] is False for r in rows)  # empty directory
     with pytest.raises(SystemExit) as info:
         cli_main(["problems", "--help"])

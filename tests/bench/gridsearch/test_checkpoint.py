@@ -105,3 +105,19 @@ def test_truncated_checkpoint_falls_back_or_restarts(tmp_path, monkeypatch, brok
         assert "restarted" in attempt
     assert metrics(store, cfg) == metrics(whole, cfg)
     assert not list((store.root / "checkpoints").glob("*"))
+
+
+def test_torn_csv_is_rewritten_from_the_checkpoint_never_appended_to(tmp_path, monkeypatch, capsys):
+    """Issue 13: a CSV cut mid-row (a copy, a full disk) is reported; the checkpoint's rows win."""
+    cfg = config("Momentum", lr=1e-2, epochs=3)
+    whole = RunStore(tmp_path / "whole")
+    train_run(cfg, whole, problem=TinyProblem())
+    store = interrupted(tmp_path, monkeypatch, cfg, epochs_done=1)
+    csv = store.csv_path(cfg.run_id)
+    csv.write_bytes(csv.read_bytes()[:-7])  # cut in the last row
+
+    assert train_run(cfg, store, problem=TinyProblem()) == "finished"
+    attempt = store.read_sidecar(cfg.run_id)["attempts"][-1]
+    assert f"{csv.name}:3: " in attempt["torn_csv"] and attempt["resumed_from_epoch"] == 1
+    assert "never appended to" in capsys.readouterr().out
+    assert metrics(store, cfg) == metrics(whole, cfg)

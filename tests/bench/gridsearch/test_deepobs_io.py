@@ -26,7 +26,7 @@ from bench.gridsearch.grid import RunConfig
 from bench.gridsearch.store import RunStore, load_runs
 
 ROOT = Path(__file__).resolve().parents[3]
-SMOKE = ROOT / "results" / "gridsearch" / "smoke"
+SMOKE = ROOT / "results" / "gridsearch" / "reference" / "smoke"
 
 
 def _load_deepobs():

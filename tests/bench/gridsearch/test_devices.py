@@ -126,13 +126,3 @@ def test_claimed_python_has_what_the_pool_uses():
     assert claim.startswith(">=")
     major, minor = (int(x) for x in claim[2:].split(".")[:2])
     assert (major, minor) >= (3, 11), claim
-
-
-def test_store_started_elsewhere_is_said_so(tmp_path):
-    """A store records its environment; a sweep from another device type or torch says so."""
-    store = RunStore(tmp_path)
-    assert cli.check_store_environment(store, "cpu") is None  # first sweep: recorded
-    assert cli.check_store_environment(store, "cpu") is None  # same environment
-    note = cli.check_store_environment(store, "cuda:0")
-    assert note and "device_type cpu -> cuda" in note
-    assert store.run_ids() == []  # the record is not a run

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_committed_runs_keep_their_ids():
     """Every committed sidecar's config still hashes to its file name (no run id moved)."""
     sidecars = [
-        p for p in (ROOT / "results" / "gridsearch").glob("*/*.json") if not p.name.startswith(".")
+        p
+        for p in (ROOT / "results" / "gridsearch" / "reference").glob("*/*.json")
+        if not p.name.startswith(".")
     ]
     assert sidecars
     for path in sidecars:
@@ -98,7 +100,7 @@ def test_committed_smoke_reference_is_done():
     """The committed smoke store holds every run its grid (and the seed reruns) expects."""
     from bench.gridsearch.smoke import expected_jobs
 
-    out = ROOT / "results" / "gridsearch" / "smoke"
+    out = ROOT / "results" / "gridsearch" / "reference" / "smoke"
     grid, reruns = expected_jobs(out, False, plan_from_argv)
     store = RunStore(out)
     assert reruns, "no best setting chosen"
