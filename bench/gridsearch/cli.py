@@ -425,6 +425,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     """Run the smoke grid with a kill -9 and a resume, check the store, build the figures."""
     from bench.gridsearch.smoke import SmokeRefused, run_smoke
 
+    opt.require_device(args.device)  # before any file is touched
     if args.update_reference:
         out, plots = Path(SMOKE_REFERENCE), Path(args.plots or "plots")
         report_dir = Path(REFERENCE_DIR).parent  # results/gridsearch/REPORT.md, as `make figures`
@@ -440,6 +441,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
             keep=args.keep,
             verbose=True,
             report_dir=report_dir,
+            device=args.device,
         )
     except SmokeRefused as err:
         raise UsageError(str(err)) from None
@@ -682,14 +684,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=opt.output_dir,
         default=SMOKE_OUT,
         help="the smoke's store (default: %(default)s); an existing folder must be empty or an "
-        "earlier smoke's (it is cleared)",
+        "earlier smoke's (only the files that smoke recorded are deleted)",
     )
     smoke.add_argument(
         "--plots",
         default=None,
         help=f"plots root (default: {SMOKE_PLOTS}; plots with --update-reference)",
     )
-    smoke.add_argument("--quick", action="store_true", help="an even smaller grid (tests)")
+    smoke.add_argument(
+        "--quick", action="store_true", help="an even smaller grid (tests, make gpu-check)"
+    )
+    smoke.add_argument(
+        "--device",
+        type=opt.device,
+        default="cpu",
+        help="where the sweep trains: cpu, cuda or cuda:N (default: %(default)s, as in CI; "
+        "make gpu-check runs --device cuda --quick); a device this machine lacks is an error",
+    )
     smoke.add_argument(
         "--keep", action="store_true", help="keep existing runs in --out (default: start fresh)"
     )

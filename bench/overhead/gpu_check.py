@@ -15,8 +15,8 @@ Parts, each a subprocess with its own time limit, run in this order:
 2. overhead: curvbench overhead --device cuda on both networks at N=32 and 128, 3 rounds,
    memory on (the C-column quantities on the 100-class net at N=32, to stay in time); fails
    unless every problem has ok rows with a peak memory.
-3. gridsearch-smoke: the grid-search smoke on CUDA, quick grid (``python -m
-   bench.gridsearch.cli_smoke --device cuda --quick``): a sweep killed with ``kill -9`` once a
+3. gridsearch-smoke: the grid-search smoke on CUDA, quick grid (``curvbench
+   gridsearch smoke --device cuda --quick``): a sweep killed with ``kill -9`` once a
    run finished and another is mid-way, then resumed; fails unless every check passed.
 
 A summary with pass/fail per part ends the run; the exit code is 0 only if every part passed
@@ -79,7 +79,7 @@ def plan(out: Path, gpu: str) -> list[Part]:
         "--no-progress",
     ]  # fmt: skip
     smoke = [
-        py, "-m", "bench.gridsearch.cli_smoke", "--device", "cuda", "--quick",
+        py, "-m", "bench", "gridsearch", "smoke", "--device", "cuda", "--quick",
         "--out", str(out / "gridsearch-smoke"), "--plots", str(out / "plots"),
     ]  # fmt: skip
     tests = [py, "-m", "pytest", "-q", "-rs", "-m", "not slow", "-p", "no:cacheprovider"]

@@ -54,10 +54,11 @@ def _flag(argv: list[str], flag: str) -> str:
 
 def test_the_smoke_part_runs_the_quick_grid_on_cuda(tmp_path, monkeypatch):
     """The argv of the part reaches the smoke as device ``cuda`` and the quick grid."""
-    from bench.gridsearch import cli_smoke, smoke
+    from bench.cli import main as curvbench
+    from bench.gridsearch import smoke
 
     (part,) = [p for p in gpu_check.plan(tmp_path, "g") if p.name == "gridsearch-smoke"]
-    assert part.argv[1:3] == ["-m", "bench.gridsearch.cli_smoke"]
+    assert part.argv[1:5] == ["-m", "bench", "gridsearch", "smoke"]
     assert _flag(part.argv, "--out") == str(tmp_path / "gridsearch-smoke")
     seen = {}
 
@@ -67,7 +68,7 @@ def test_the_smoke_part_runs_the_quick_grid_on_cuda(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # device_ok passes
     monkeypatch.setattr(smoke, "run_smoke", fake_smoke)
-    assert cli_smoke.main(part.argv[3:]) == 0
+    assert curvbench(part.argv[3:]) == 0
     assert seen["device"] == "cuda" and seen["quick"] is True
     sweep = seen["command"]
     assert _flag(sweep, "--device") == "cuda" and _flag(sweep, "--problems") == "cifar10_3c3d"
@@ -78,10 +79,11 @@ def test_the_smoke_part_runs_the_quick_grid_on_cuda(tmp_path, monkeypatch):
 
 
 def test_the_smoke_refuses_cuda_on_a_machine_without_it(monkeypatch, capsys, tmp_path):
-    from bench.gridsearch import cli_smoke
+    from bench.cli import main as curvbench
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cli_smoke.main(["--device", "cuda", "--quick", "--out", str(tmp_path / "s")]) == 2
+    argv = ["gridsearch", "smoke", "--device", "cuda", "--quick", "--out", str(tmp_path / "s")]
+    assert curvbench(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA device" in err and not (tmp_path / "s").exists()
 
