@@ -7,6 +7,12 @@ Tikhonov damping with ``pi = sqrt((tr A / dim A) / (tr B / dim B))``, i.e. ``A +
 and ``B + sqrt(gamma) / pi I``, each inverted by a symmetric eigendecomposition whose inverse
 eigenvalues are clamped to ``[0, 1 / EPS]``. A bias has one factor ``B`` and gets ``B + gamma I``.
 EKFAC blocks (eigenbasis and eigenvalues) are damped exactly: ``1 / (lam + gamma)`` in the basis.
+
+Speed: :func:`clamped_inverse` returns what :func:`eigen_inverse` returns, but takes a Cholesky
+route (about 5x cheaper than ``eigh`` for a 785x785 factor on a CPU) whenever a certificate shows
+that every eigenvalue of the damped factor lies above ``EPS``: then no clamp binds and the clamped
+eigen-inverse *is* the plain inverse. Otherwise (no damping, a singular or indefinite factor) it
+falls back to the eigendecomposition, so the paper's clamping is kept wherever it acts.
 """
 
 from __future__ import annotations
@@ -41,6 +47,54 @@ def eigen_inverse(matrix: Tensor, shift: float) -> Tensor:
     return (evecs * inv) @ evecs.transpose(-1, -2)
 
 
+def _certified_cholesky_inverse(matrix: Tensor) -> Tensor | None:
+    """Return ``matrix^-1`` via Cholesky if every eigenvalue of ``matrix`` is provably >= ``EPS``.
+
+    Certificate (Rump, "Verification of positive definiteness", BIT 46, 2006): a floating-point
+    Cholesky of a symmetric ``S`` that succeeds computes ``L L^T = S + E`` with
+    ``||E||_2 <= gamma_{n+1} / (1 - gamma_{n+1}) tr(S)`` (``gamma_k = k u / (1 - k u)``, ``u`` the
+    unit roundoff). So if the Cholesky of ``matrix - (EPS + c) I`` succeeds with ``c`` twice that
+    bound for ``tr(matrix)`` (slack for the subtraction's rounding), then ``lambda_min(matrix) >=
+    EPS``: neither end of :func:`eigen_inverse`'s clamp binds, and its result is the plain inverse,
+    computed here from the Cholesky factor of ``matrix``.
+
+    Returns:
+        The inverse, or ``None`` if the certificate fails (one host sync, as ``torch.linalg.eigh``
+        itself synchronises a CUDA device).
+
+    """
+    n = matrix.shape[-1]
+    unit = torch.finfo(matrix.dtype).eps / 2
+    gamma = (n + 1) * unit / (1 - (n + 1) * unit)
+    bound = 2 * gamma / (1 - gamma) * torch.trace(matrix).abs()
+    eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
+    _, shifted_info = torch.linalg.cholesky_ex(matrix - (EPS + bound) * eye)
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if not bool((shifted_info == 0) & (info == 0) & torch.isfinite(bound)):
+        return None
+    return torch.cholesky_inverse(factor)
+
+
+def clamped_inverse(matrix: Tensor, shift: float) -> Tensor:
+    """:func:`eigen_inverse` (same result), via Cholesky where no clamp can bind.
+
+    Args:
+        matrix: a symmetric ``[d, d]`` matrix.
+        shift: added to the diagonal before inverting.
+
+    Returns:
+        ``(matrix + shift I)^-1`` when a certificate shows that all its eigenvalues are at least
+        ``EPS`` (the clamps of :func:`eigen_inverse` are inactive), else ``eigen_inverse``.
+
+    """
+    if shift:
+        matrix = matrix + shift * torch.eye(
+            matrix.shape[0], dtype=matrix.dtype, device=matrix.device
+        )
+    inverse = _certified_cholesky_inverse(matrix)
+    return inverse if inverse is not None else eigen_inverse(matrix, 0.0)
+
+
 def pi_factor(b: Tensor, a: Tensor) -> Tensor:
     """Return ``pi = sqrt((tr A / dim A) / (tr B / dim B))`` as a 0-d tensor (1 if degenerate).
 
@@ -64,7 +118,7 @@ def kronecker_inverses(factors: list[Tensor], gamma: float) -> list[Tensor]:
 
     """
     if len(factors) == 1:
-        return [eigen_inverse(factors[0], gamma)]
+        return [clamped_inverse(factors[0], gamma)]
     if len(factors) != 2:
         raise ValueError(f"expected [B, A] or [B] Kronecker factors, got {len(factors)} matrices")
     b, a = factors
@@ -72,8 +126,8 @@ def kronecker_inverses(factors: list[Tensor], gamma: float) -> list[Tensor]:
     root = math.sqrt(gamma)
     eye_b = torch.eye(b.shape[0], dtype=b.dtype, device=b.device)
     eye_a = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    inv_b = eigen_inverse(b + (root / pi) * eye_b, 0.0)
-    inv_a = eigen_inverse(a + (root * pi) * eye_a, 0.0)
+    inv_b = clamped_inverse(b + (root / pi) * eye_b, 0.0)
+    inv_a = clamped_inverse(a + (root * pi) * eye_a, 0.0)
     return [inv_b, inv_a]
 
 
