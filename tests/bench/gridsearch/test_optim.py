@@ -138,6 +138,24 @@ def test_clamped_inverse_skips_eigh_when_certified(monkeypatch):
     torch.testing.assert_close(got.double(), expected, rtol=1e-3, atol=1e-4)
 
 
+def test_clamped_inverse_certifies_in_float64_when_float32_is_too_coarse(monkeypatch):
+    """Trace 1e5, smallest eigenvalue 0.5: float32's bound (~4.8) fails, float64's passes."""
+    from extensions.optimizers.damped_inverse import _eigenvalues_above_eps
+
+    matrix64 = with_eigenvalues([1e5] + [0.5] * 399)
+    matrix = matrix64.float()
+    assert not bool(_eigenvalues_above_eps(matrix, torch.float32))
+    expected = eigen_inverse(matrix.double(), 0.0)
+
+    def no_eigh(*args, **kwargs):
+        raise AssertionError("eigh called on a factor certified in float64")
+
+    monkeypatch.setattr(torch.linalg, "eigh", no_eigh)
+    got = clamped_inverse(matrix, 0.0)
+    # float32 inverse of a condition-2e5 matrix: errors ~ cond * u * ||inverse|| (||inverse|| = 2)
+    torch.testing.assert_close(got.double(), expected, rtol=0.0, atol=2e-2)
+
+
 def test_clamped_inverse_falls_back_to_eigh_below_eps(monkeypatch):
     """An eigenvalue below EPS defeats the certificate: ``eigh`` (and its clamp) is used."""
     calls = []
