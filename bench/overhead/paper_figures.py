@@ -143,8 +143,7 @@ def fig9(df: pd.DataFrame, plots_dir: str | Path, mode: str, suffix: str, source
     title = "3C3D-sigmoid / CIFAR-10"
     if missing:  # e.g. a CPU run stopped after N = 8: say which of the paper's N are absent
         title += f"\n{missing} (paper: N = {paper_n})"
-        axes[0][1].text(0.02, 0.02, f"ours: {missing}", fontsize=5,
-                        transform=axes[0][1].transAxes, color="firebrick")  # fmt: skip
+        axes[0][1].set_xlabel(f"batch size N\n(ours: {missing})", fontsize=7)
     axes[0][0].set_title(title, fontsize=7)
     axes[0][1].set_yscale("log")
     axes[0][1].set_ylabel("DiagHessian / DiagGGN")
