@@ -13,7 +13,8 @@ writes:
   its seeds (curvatures dashed, SGD-momentum and Adam solid), and the DeepOBS results imported
   into the store (``bench.gridsearch.deepobs_io``) dotted, labelled "DeepOBS baseline";
 * ``<results_dir>/REPORT.md``: final test accuracy per method and problem (median over seeds)
-  beside the paper's numbers (``gridsearch.md`` §5.6) and DeepOBS's baselines (§6).
+  beside the paper's numbers (``gridsearch.md`` §5.6) and DeepOBS's baselines (§6), then the
+  paper's best α/λ beside ours and the step-time ratios (:mod:`bench.gridsearch.report_tables`).
 
 The best setting is chosen as in ``bench.gridsearch.store.best_settings``: highest final
 validation accuracy of a finished seed-42 run, ties to the first in grid order (lr, then
@@ -30,6 +31,8 @@ import pandas as pd
 
 from bench.gridsearch.deepobs_io import load_baselines
 from bench.gridsearch.grid import ALL_CURVATURE_METHODS, GRID_SEED, METHODS
+from bench.gridsearch.report_tables import FAMILY as REPORT_FAMILY
+from bench.gridsearch.report_tables import best_hyperparameter_lines, steptime_lines
 from bench.gridsearch.store import RunStore, load_runs
 
 #: Paper's final test accuracy (medians over 10 seeds, ``gridsearch.md`` §5.6), percent.
@@ -86,7 +89,7 @@ CURVE_PANELS = (
     ("test_acc", "test accuracy"),
     ("train_acc", "train accuracy"),
 )
-FAMILY = ["problem", "source", "epochs", "batch_size", "options"]
+FAMILY = REPORT_FAMILY
 
 
 #: The sub-folder of the committed stores: where it exists, only its stores are drawn.
@@ -348,16 +351,20 @@ def make_all(results_dir: str | Path, plots_dir: str | Path) -> list[Path]:
     stores = _stores(results_dir)
     if not stores:
         lines.append("No runs yet: `make gridsearch-smoke` or `make gridsearch`.")
+    picked = []
     for name, store in stores:
         table = load_runs(store)
         if table.empty:
             continue
         best = best_runs(table)
+        picked.append((name, table, best))
         plots = plots_dir / "gridsearch" / ("root" if name == "." else name)
         paths += heatmaps(table, plots, best)
         paths += learning_curves(table, plots, best, load_baselines(store.root))
         lines += report_section(name, table, best)
         figure_names = sorted({p.stem for p in paths if p.parent == plots})
         lines += ["Figures: " + ", ".join(f"`{n}`" for n in figure_names), ""]
+    lines += best_hyperparameter_lines(picked)
+    lines += steptime_lines(results_dir)
     paths.append(atomic_write_text(results_dir / "REPORT.md", "\n".join(lines)))
     return paths

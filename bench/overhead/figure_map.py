@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.overhead.paper_figures import PAPER_FIG9_MS, fig9_ratios
+from bench.overhead.paper_figures import PAPER_FIG9_MS, fig9_missing_note, fig9_ratios
 from bench.overhead.report import PAPER_RATIOS
 
 #: Paper Fig. 3 (3C3D / CIFAR-10, ms): N -> (for-loop, BackPACK, gradient) (spec §4.2).
@@ -96,6 +96,9 @@ def rows(
         f"BackPACK {ours9['backpack'].get(n, float('nan')):.1f}"
         for n in _sizes(fig9, "cifar10_3c3dsig")
     )
+    missing9 = fig9_missing_note(_sizes(fig9, "cifar10_3c3dsig"))
+    if fig9_ours and missing9:
+        fig9_ours += f"; {missing9}"
     grid = "see `results/gridsearch/REPORT.md`"
     return [
         ["Fig. 3 (indiv. gradients, 3C3D)", _files(written, "fig3"), f"{MEASURE}; {REBUILD}",

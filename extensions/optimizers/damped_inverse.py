@@ -7,6 +7,12 @@ Tikhonov damping with ``pi = sqrt((tr A / dim A) / (tr B / dim B))``, i.e. ``A +
 and ``B + sqrt(gamma) / pi I``, each inverted by a symmetric eigendecomposition whose inverse
 eigenvalues are clamped to ``[0, 1 / EPS]``. A bias has one factor ``B`` and gets ``B + gamma I``.
 EKFAC blocks (eigenbasis and eigenvalues) are damped exactly: ``1 / (lam + gamma)`` in the basis.
+
+Speed: :func:`clamped_inverse` returns what :func:`eigen_inverse` returns, but takes a Cholesky
+route (about 4x cheaper than ``eigh`` for a 785x785 factor on a CPU) whenever a certificate shows
+that every eigenvalue of the damped factor lies above ``EPS``: then no clamp binds and the clamped
+eigen-inverse *is* the plain inverse. Otherwise (no damping, a singular or indefinite factor) it
+falls back to the eigendecomposition, so the paper's clamping is kept wherever it acts.
 """
 
 from __future__ import annotations
@@ -41,6 +47,73 @@ def eigen_inverse(matrix: Tensor, shift: float) -> Tensor:
     return (evecs * inv) @ evecs.transpose(-1, -2)
 
 
+def _eigenvalues_above_eps(matrix: Tensor, dtype: torch.dtype) -> Tensor:
+    """Whether a Cholesky in ``dtype`` proves every eigenvalue of ``matrix`` to be >= ``EPS``.
+
+    Certificate (Rump, "Verification of positive definiteness", BIT 46, 2006): a floating-point
+    Cholesky of a symmetric ``S`` that succeeds computes ``L L^T = S + E`` with
+    ``||E||_2 <= gamma_{n+1} / (1 - gamma_{n+1}) tr(S)`` (``gamma_k = k u / (1 - k u)``, ``u`` the
+    unit roundoff of ``dtype``). So if the Cholesky of ``matrix - (EPS + c) I`` succeeds with ``c``
+    twice that bound for ``tr(matrix)`` (slack for the subtraction's rounding), then
+    ``lambda_min(matrix) >= EPS``. A float32 matrix is exact in float64, where ``c`` is 2^29 times
+    smaller (a 3137x3137 factor with trace 4e3: float32 ``c`` = 1.6, float64 ``c`` = 3e-9).
+
+    Returns:
+        A 0-d bool tensor (on the matrix's device).
+
+    """
+    matrix = matrix.to(dtype)
+    n = matrix.shape[-1]
+    unit = torch.finfo(dtype).eps / 2
+    gamma = (n + 1) * unit / (1 - (n + 1) * unit)
+    bound = 2 * gamma / (1 - gamma) * torch.trace(matrix).abs()
+    eye = torch.eye(n, dtype=dtype, device=matrix.device)
+    _, info = torch.linalg.cholesky_ex(matrix - (EPS + bound) * eye)
+    return (info == 0) & torch.isfinite(bound)
+
+
+def _certified_cholesky_inverse(matrix: Tensor) -> Tensor | None:
+    """Return ``matrix^-1`` via Cholesky if every eigenvalue of ``matrix`` is provably >= ``EPS``.
+
+    Then neither end of :func:`eigen_inverse`'s clamp binds and its result is the plain inverse.
+    The certificate (:func:`_eigenvalues_above_eps`) is tried in the matrix's dtype, then, for a
+    matrix below float64, in float64 (about twice the cost of a float32 Cholesky).
+
+    Returns:
+        The inverse, or ``None`` if the certificate fails (host syncs, as ``torch.linalg.eigh``
+        itself synchronises a CUDA device).
+
+    """
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) != 0:
+        return None
+    if not bool(_eigenvalues_above_eps(matrix, matrix.dtype)):
+        wider = matrix.dtype != torch.float64
+        if not (wider and bool(_eigenvalues_above_eps(matrix, torch.float64))):
+            return None
+    return torch.cholesky_inverse(factor)
+
+
+def clamped_inverse(matrix: Tensor, shift: float) -> Tensor:
+    """:func:`eigen_inverse` (same result), via Cholesky where no clamp can bind.
+
+    Args:
+        matrix: a symmetric ``[d, d]`` matrix.
+        shift: added to the diagonal before inverting.
+
+    Returns:
+        ``(matrix + shift I)^-1`` when a certificate shows that all its eigenvalues are at least
+        ``EPS`` (the clamps of :func:`eigen_inverse` are inactive), else ``eigen_inverse``.
+
+    """
+    if shift:
+        matrix = matrix + shift * torch.eye(
+            matrix.shape[0], dtype=matrix.dtype, device=matrix.device
+        )
+    inverse = _certified_cholesky_inverse(matrix)
+    return inverse if inverse is not None else eigen_inverse(matrix, 0.0)
+
+
 def pi_factor(b: Tensor, a: Tensor) -> Tensor:
     """Return ``pi = sqrt((tr A / dim A) / (tr B / dim B))`` as a 0-d tensor (1 if degenerate).
 
@@ -64,7 +137,7 @@ def kronecker_inverses(factors: list[Tensor], gamma: float) -> list[Tensor]:
 
     """
     if len(factors) == 1:
-        return [eigen_inverse(factors[0], gamma)]
+        return [clamped_inverse(factors[0], gamma)]
     if len(factors) != 2:
         raise ValueError(f"expected [B, A] or [B] Kronecker factors, got {len(factors)} matrices")
     b, a = factors
@@ -72,8 +145,8 @@ def kronecker_inverses(factors: list[Tensor], gamma: float) -> list[Tensor]:
     root = math.sqrt(gamma)
     eye_b = torch.eye(b.shape[0], dtype=b.dtype, device=b.device)
     eye_a = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    inv_b = eigen_inverse(b + (root / pi) * eye_b, 0.0)
-    inv_a = eigen_inverse(a + (root * pi) * eye_a, 0.0)
+    inv_b = clamped_inverse(b + (root / pi) * eye_b, 0.0)
+    inv_a = clamped_inverse(a + (root * pi) * eye_a, 0.0)
     return [inv_b, inv_a]
 
 

@@ -15,7 +15,12 @@ from extensions.optimizers import (
     make_optimizer,
 )
 from extensions.optimizers.curvature_source import ours_available
-from extensions.optimizers.damped_inverse import EPS, eigen_inverse, kronecker_inverses
+from extensions.optimizers.damped_inverse import (
+    EPS,
+    clamped_inverse,
+    eigen_inverse,
+    kronecker_inverses,
+)
 from extensions.optimizers.running_mean import update_running_mean
 
 DTYPE = torch.float64
@@ -93,6 +98,71 @@ def test_eigen_inverse_clamps_inverse_eigenvalues():
     matrix = q @ torch.diag(evals) @ q.T
     expected = q @ torch.diag(torch.tensor([0.0, 1.0 / EPS, 0.5], dtype=DTYPE)) @ q.T
     torch.testing.assert_close(eigen_inverse(matrix, 0.0), expected, rtol=1e-6, atol=1e-2)
+
+
+def with_eigenvalues(evals: list[float]) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(len(evals), len(evals), dtype=DTYPE))
+    return q @ torch.diag(torch.tensor(evals, dtype=DTYPE)) @ q.T
+
+
+@pytest.mark.parametrize(
+    ("evals", "shift"),
+    [
+        ([0.5, 1.0, 3.0, 10.0], 0.0),  # well conditioned: the Cholesky route
+        ([0.0, 0.0, 1.0, 2.0], 1e-3),  # singular factor, damped
+        ([1e-10, 1.0, 2.0, 4.0], 0.0),  # 1/1e-10 > 1/EPS: the upper clamp binds
+        ([-1.0, 0.0, 2.0, 3.0], 0.0),  # indefinite and singular: both clamps bind
+        ([-1e-3, 1.0, 2.0, 3.0], 2e-3),  # damped just past zero
+    ],
+    ids=["spd", "singular_damped", "below_eps", "indefinite", "barely_pd"],
+)
+def test_clamped_inverse_equals_the_eigh_formula(evals, shift):
+    """Oracle: the paper's clamped eigen-inverse, float64, whichever route is taken."""
+    matrix = with_eigenvalues(evals)
+    expected = eigen_inverse(matrix, shift)
+    scale = expected.abs().max()
+    torch.testing.assert_close(clamped_inverse(matrix, shift) / scale, expected / scale)
+
+
+def test_clamped_inverse_skips_eigh_when_certified(monkeypatch):
+    """A damped 785x785 Gram factor (mnist_logreg's KFAC A) is inverted without ``eigh``."""
+    x = torch.rand(128, 785)
+    factor = x.T @ x / 128
+    expected = eigen_inverse(factor.double(), 0.1)
+
+    def no_eigh(*args, **kwargs):
+        raise AssertionError("eigh called on a certified factor")
+
+    monkeypatch.setattr(torch.linalg, "eigh", no_eigh)
+    got = clamped_inverse(factor, 0.1)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_clamped_inverse_certifies_in_float64_when_float32_is_too_coarse(monkeypatch):
+    """Trace 1e5, smallest eigenvalue 0.5: float32's bound (~4.8) fails, float64's passes."""
+    from extensions.optimizers.damped_inverse import _eigenvalues_above_eps
+
+    matrix64 = with_eigenvalues([1e5] + [0.5] * 399)
+    matrix = matrix64.float()
+    assert not bool(_eigenvalues_above_eps(matrix, torch.float32))
+    expected = eigen_inverse(matrix.double(), 0.0)
+
+    def no_eigh(*args, **kwargs):
+        raise AssertionError("eigh called on a factor certified in float64")
+
+    monkeypatch.setattr(torch.linalg, "eigh", no_eigh)
+    got = clamped_inverse(matrix, 0.0)
+    # float32 inverse of a condition-2e5 matrix: errors ~ cond * u * ||inverse|| (||inverse|| = 2)
+    torch.testing.assert_close(got.double(), expected, rtol=0.0, atol=2e-2)
+
+
+def test_clamped_inverse_falls_back_to_eigh_below_eps(monkeypatch):
+    """An eigenvalue below EPS defeats the certificate: ``eigh`` (and its clamp) is used."""
+    calls = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda m: calls.append(m) or eigh(m))
+    clamped_inverse(with_eigenvalues([1e-10, 1.0, 2.0]), 0.0)
+    assert len(calls) == 1
 
 
 def test_degenerate_trace_gives_pi_one():

@@ -119,6 +119,28 @@ def test_fig9_renders_pdf_and_png_from_a_tiny_csv_and_its_ratio_is_hessian_over_
     assert paper_figures.fig9_ratios(df, "ours") == pytest.approx({4: 5.0, 8: 5.0})
 
 
+def test_fig9_names_the_papers_batch_sizes_it_lacks(tmp_path, monkeypatch):
+    """A CSV with N = 4, 8 only: the title says N = 16, 32 were not measured; a full one not."""
+    import matplotlib.figure
+
+    titles = []
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        titles.extend(ax.get_title() for ax in fig.axes)
+        titles.extend(ax.get_xlabel() for ax in fig.axes)
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    path = _write(tmp_path / "fig9-testbox.csv", _fig9_rows())
+    paper_figures.make_all([path], tmp_path / "plots")
+    assert any("N = 16, 32 not measured (paper: N = 4, 8, 16, 32)" in t for t in titles)
+    assert "batch size N\n(ours: N = 16, 32 not measured)" in titles
+    assert paper_figures.fig9_missing_sizes([4, 8, 16, 32]) == []
+    assert paper_figures.fig9_missing_note([8, 4, 32, 16]) == ""
+    assert paper_figures.fig9_missing_note([4]) == "N = 8, 16, 32 not measured"
+
+
 def test_fig9_csv_without_diaghessian_says_what_is_missing(tmp_path):
     path = _write(tmp_path / "fig9-testbox.csv", _fig9_rows(("DiagGGNExact",)))
     with pytest.raises(paper_figures.PresetCSVError, match="DiagHessian") as err:
@@ -159,6 +181,7 @@ def test_figure_map_puts_the_papers_fig9_ratios_beside_ours(tmp_path):
     assert "`plots/overhead_fig9_clean_testbox.{pdf,png}`" in fig9_row
     assert "N=4: 7.7; N=8: 14.5; N=16: 20.9; N=32: 26.4" in fig9_row  # 70.6/9.2, ... (spec §4.2)
     assert "N=4: ours 5.0, BackPACK 5.0; N=8: ours 5.0, BackPACK 5.0" in fig9_row
+    assert "N = 16, 32 not measured" in fig9_row  # the CSV stops at N = 8
     fig8_row = next(line for line in text.splitlines() if line.startswith("| Fig. 8"))
     assert "(no CSV yet)" in fig8_row and "KFLR 23.1" in fig8_row
     assert text.count("results/gridsearch/REPORT.md") >= 2
