@@ -275,8 +275,9 @@ def run_command(args: argparse.Namespace) -> int:
     defaults.extend(f"not timed: {skip}" for skip in overhead_plan.cpu_default_skips(plan_options))
     print(f"overhead on {device}: {len(plan)} measurements, threads={args.threads}")
     for group, members in overhead_plan.groups_of(plan).items():
-        notes = sorted({m.note for m in members if m.note})
-        print(f"  {group[0]} N={group[1]} {group[2]}: {len(members)} variants {' '.join(notes)}")
+        print(f"  {group[0]} N={group[1]} {group[2]}: {len(members)} variants")
+        for note in sorted({m.note for m in members if m.note}):  # each note once, on its line
+            print(f"    - {note}")
     if defaults:
         print("  defaults used: " + "; ".join(defaults))
     print(f"  numerics: {overhead_numerics.current_flags_text(numerics)}")
