@@ -20,12 +20,30 @@ from typing import Any
 Row = dict[str, Any]
 
 
+def _file_mode(path: Path) -> int:
+    """The mode a new file would get from ``open`` (0o666 less the umask), or the existing one's.
+
+    ``tempfile.mkstemp`` creates its file ``0o600``; renamed into place as is, a result on a
+    cluster's shared filesystem could be read by its owner alone.
+    """
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (or keeps its old one).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 
@@ -63,3 +64,18 @@ def test_environment_sidecar_is_json_and_names_the_essentials(tmp_path):
 
 def test_git_commit_outside_a_repository_is_none(tmp_path):
     assert environment.git_commit(tmp_path) == {"commit": None, "dirty": None}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask):
+    """A result is readable by whom the umask allows (mkstemp's own 0o600 would hide it from the
+    group on a cluster's shared filesystem); a rewrite keeps the file's mode."""
+    old = os.umask(umask)
+    try:
+        path = results_io.atomic_write_text(tmp_path / "r.csv", "a\n")
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+        path.chmod(0o640)
+        results_io.atomic_write_text(path, "b\n")
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
