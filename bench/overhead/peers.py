@@ -33,6 +33,7 @@ BackPACK's KFRA: on its first call a step times its plain gradient step and refu
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -296,6 +297,11 @@ class AsdlStep(PeerStep):
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, quantity: str):
         super().__init__(model, loss_fn, quantity)
+        # ASDL's legacy module backward hooks make torch warn on every forward; the console of a
+        # long benchmark run would fill with it (the hooks work as ASDL means them to)
+        warnings.filterwarnings(
+            "ignore", message="Using a non-full backward hook", category=FutureWarning
+        )
         self._maker = None
         if quantity in self.FIRST or quantity == "grad":
             return
