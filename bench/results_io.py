@@ -21,7 +21,7 @@ Row = dict[str, Any]
 
 
 def _file_mode(path: Path) -> int:
-    """The mode a new file would get from ``open`` (0o666 less the umask), or the existing one's.
+    """Return the mode ``open`` would give a new file (0o666 less the umask), or the old one's.
 
     ``tempfile.mkstemp`` creates its file ``0o600``; renamed into place as is, a result on a
     cluster's shared filesystem could be read by its owner alone.
