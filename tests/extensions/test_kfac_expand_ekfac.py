@@ -306,3 +306,15 @@ def test_a_perturbed_ekfac_fails_the_curvlinops_comparison():
         value[which] = value[which] + 1e-5 * torch.randn_like(value[which])
         with pytest.raises(AssertionError):
             _close(ekfac_matrix(perturbed, model), theirs, "EKFAC")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 2**22])
+def test_expand_output_factor_equals_the_transposed_gram(monkeypatch, chunk):
+    """B = sum_{v,n,s} s s^T over chunks of (column, sample) products equals the Gram of the
+    columns laid out as [V N S, out], in float64 (one chunk, several, a ragged last one)."""
+    from extensions import second_order
+
+    monkeypatch.setattr(second_order, "_EXPAND_CHUNK_ELEMENTS", chunk * 5 * 5)
+    mat = torch.randn(3, 4, 5, 6, 7, dtype=torch.float64)
+    s = mat.flatten(3).transpose(2, 3).reshape(-1, 5)
+    torch.testing.assert_close(second_order._expand_output_factor(mat), s.t() @ s)
