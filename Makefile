@@ -42,7 +42,7 @@ format: $(STAMP) ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) on this machine -> results/overhead/local/<machine>.csv (untracked; CPU defaults: 109 measurements, about 12 min on 2 idle cores)
+overhead: $(STAMP) ## the paper's overhead benchmark (Fig. 6/3) on this machine -> results/overhead/local/<machine>.csv (untracked; CPU defaults: 109 measurements, 7.4-7.6 min measured on 2 idle cores)
 	$(VENV)/bin/curvbench overhead $(ARGS)
 
 overhead-table: $(STAMP) ## ours vs BackPACK, per quantity, both networks, batch 128 (the extensions issue's table)

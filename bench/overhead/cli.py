@@ -17,8 +17,8 @@ defaults:
         its save-memory path is); the peer libraries only on 3C3D at 32 (BatchGrad,
         DiagGGNMC, KFAC, EKFAC), next to ours' EKFAC and expand-factor KFAC; ours' per-step
         pattern (ours_perstep) for the first-order quantities on 3C3D. %(plan_size)s
-        measurements, estimated 11.4-12.3 min on an idle 2-core machine (the 89 of the
-        committed reference took 10.7-14.7 min; see docs/overhead.md for the estimate).
+        measurements, 7.4-7.6 min measured on an idle 2-core machine (two fresh clones; a
+        slower machine took 10.7-14.7 min for the earlier 89: see docs/overhead.md).
 
 examples:
   curvbench overhead                                   # the device's defaults, this machine

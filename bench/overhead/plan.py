@@ -54,16 +54,11 @@ CPU_DEFAULT_EXTRA_RUNS = {
 #: the ours variants the CPU defaults run only where :data:`CPU_DEFAULT_EXTRA_RUNS` says
 CPU_LIMITED_BACKENDS = ("ours_perstep", "ours_expand", "ours_perstep_expand")
 #: The CPU default plan's length and wall time on 2 idle cores (``tests`` keep the count true).
-#: Estimate = 5.5 x (the sum of the median step times) + about 1-3 s per measurement (model build,
-#: memory probe process): the 89 measurements of the committed reference (sum of medians 107 s)
-#: took 10.7 and 11 min, one fresh-clone run 14.7 min. The 20 rows added since, all on 3C3D (grad
-#: 42 ms at N=32, 179 ms at N=128): the peers at N=32 (BatchGrad, DiagGGNMC, KFAC at about 4-6x
-#: the gradient: 7 rows, sum ~1.5 s; EKFAC: curvlinops ~9x, ASDL ~4x, nngeometry ~6x: sum ~0.8 s),
-#: ours EKFAC (~2.5x) and expand KFAC (~2.2x, as ours KFAC) ~0.2 s, ours_perstep first order
-#: (~1.25x, as ours: 4 rows at N=32 ~0.2 s, 4 at N=128 ~0.9 s): sum ~3.6 s, i.e. 20 s of steps and
-#: 20-60 s of overhead, +0.7-1.3 min. Estimate: 11.4-12.3 min idle (the 14.7-min run's conditions:
-#: 16 min, over the target: the idle-machine runs are the budget's basis).
-CPU_ESTIMATE = (109, "11.4-12.3 min")
+#: Measured: two fresh clones' ``make overhead`` on an idle 2-core AMD EPYC (commit 22a922d)
+#: measured for 7 min 24 s and 7 min 33 s (8 min 11 s and 8 min 18 s with the venv install).
+#: Slower 2-core machines took 10.7-14.7 min for the earlier 89-measurement plan, hence the
+#: budget's 15 min (docs/overhead.md).
+CPU_ESTIMATE = (109, "7.4-7.6 min")
 
 
 @dataclass(frozen=True)
