@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 #: Device types the harness runs on (torch's ``mps``/``xpu`` are not supported: no test covers
@@ -204,6 +204,17 @@ def device_ok(name: str, prog: str) -> bool:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return False
     return True
+
+
+def parse_on_device(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace | None:
+    """Parse ``argv``; ``None`` (after one line on stderr) if its ``--device`` is not here.
+
+    For the ``python -m`` tools whose ``main`` returns 2 before any work on a missing device.
+    """
+    args = parser.parse_args(argv)
+    return args if device_ok(args.device, parser.prog) else None
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

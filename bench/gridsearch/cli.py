@@ -80,10 +80,9 @@ def _problem(text: str) -> str:
 _problem.__name__ = "problem"
 
 
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options that define the sweep's runs (shared by run, status and best)."""
-    g = parser.add_argument_group("what to run")
-    g.add_argument(
+def _add_problems(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--problems``: names checked at parse time, the valid ones listed in the help."""
+    parser.add_argument(
         "--problems",
         nargs="+",
         type=_problem,
@@ -91,6 +90,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PROBLEM",
         help=f"problems among {', '.join(_problem_names())} (default: %(default)s)",
     )
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that define the sweep's runs (shared by run, status and best)."""
+    g = parser.add_argument_group("what to run")
+    _add_problems(g)
     g.add_argument(
         "--methods",
         nargs="+",
@@ -593,14 +598,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "steptime",
         help="step time of each optimizer relative to SGD-momentum (one process, interleaved)",
     )
-    steptime.add_argument(
-        "--problems",
-        nargs="+",
-        type=_problem,
-        default=list(DEFAULT_PROBLEMS),
-        metavar="PROBLEM",
-        help=f"problems among {', '.join(_problem_names())} (default: %(default)s)",
-    )
+    _add_problems(steptime)
     steptime.add_argument(
         "--methods",
         nargs="+",

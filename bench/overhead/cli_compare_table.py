@@ -51,9 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the ours-vs-BackPACK table."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not options.device_ok(args.device, parser.prog):
+    args = options.parse_on_device(build_parser(), argv)
+    if args is None:
         return 2
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (2 if args.quick else 7)

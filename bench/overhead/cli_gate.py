@@ -53,9 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Check (default) or refresh the reference ratios."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not options.device_ok(args.device, parser.prog):
+    args = options.parse_on_device(build_parser(), argv)
+    if args is None:
         return 2
     torch.set_num_threads(gate.THREADS)
     if args.refresh:

@@ -60,9 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Profile one quantity of ours against the plain gradient and print the table."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not options.device_ok(args.device, parser.prog):
+    args = options.parse_on_device(build_parser(), argv)
+    if args is None:
         return 2
     print(
         profile_step.profile_quantity(
