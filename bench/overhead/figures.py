@@ -233,48 +233,47 @@ def fig3(
     return save(fig, plots_dir, f"overhead_fig3_{mode}{suffix}")
 
 
+def memory_panels(data: pd.DataFrame) -> list[tuple[str, int, pd.DataFrame]]:
+    """``[(problem, N, rows)]``: one panel per problem and batch size, in the CSV's order.
+
+    Every bar of a panel is at the same N: peak memory grows with N, so bars of different batch
+    sizes side by side (a peer measured at N = 32 beside ours at N = 128) would mislead.
+    """
+    keys = list(dict.fromkeys(zip(data["problem"], data["batch_size"].astype(int))))
+    return [
+        (p, n, data[(data["problem"] == p) & (data["batch_size"].astype(int) == n)])
+        for p, n in keys
+    ]
+
+
 def memory(
     df: pd.DataFrame, plots_dir: str | Path, mode: str = "clean", suffix: str = ""
 ) -> list[Path]:
-    """Peak memory per quantity and backend, at the largest batch size measured."""
+    """Peak memory per quantity and backend, one panel per problem and batch size."""
     data = _ok(df[df["mode"] == mode]).dropna(subset=["peak_mem_mb"])
-    problems = list(dict.fromkeys(data["problem"]))
-    if not problems:
+    panels = memory_panels(data)
+    if not panels:
         return []
-    fig, axes = _grid(len(problems), 1)
+    fig, axes = _grid(len(panels), 1)
     backends = [b for b in BACKEND_COLORS if b in set(data["backend"])]
     width = 0.8 / max(len(backends), 1)
-    for ax, problem in zip(axes[:, 0], problems):
-        panel = data[data["problem"] == problem]
+    for ax, (problem, n, panel) in zip(axes[:, 0], panels):
         quantities = [GRAD, *_quantities_in(panel)]
         x = np.arange(len(quantities))
         for k, backend in enumerate(backends):
-            rows = panel[panel["backend"] == backend]
-            heights, labels_n = [], []
-            for q in quantities:
-                sel = rows[rows["quantity"] == q]
-                if sel.empty:
-                    heights.append(np.nan)
-                    continue
-                top = sel.loc[sel["batch_size"].idxmax()]
-                heights.append(top["peak_mem_mb"])
-                labels_n.append(int(top["batch_size"]))
+            rows = panel[panel["backend"] == backend].set_index("quantity")["peak_mem_mb"]
             ax.bar(
                 x + (k - (len(backends) - 1) / 2) * width,
-                heights,
+                [rows.get(q, np.nan) for q in quantities],
                 width,
                 color=BACKEND_COLORS[backend],
                 label=BACKEND_LABELS[backend],
             )
-        sizes = sorted(int(n) for n in panel["batch_size"].unique())
         ax.set_yscale("log")
         ax.set_ylabel("peak memory [MB]")
         ticks = ["Grad"] + [QUANTITY_LABELS[q] for q in quantities[1:]]
         ax.set_xticks(x, ticks, rotation=30, ha="right")
-        ax.set_title(
-            f"{PROBLEM_LABELS.get(problem, problem)} (largest N per quantity; N in {sizes})",
-            fontsize=7,
-        )
+        ax.set_title(f"{PROBLEM_LABELS.get(problem, problem)}, N={n}", fontsize=7)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=4, frameon=False)
     return save(fig, plots_dir, f"overhead_memory_{mode}{suffix}")

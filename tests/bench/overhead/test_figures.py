@@ -115,3 +115,27 @@ def test_figures_command_builds_overhead_and_skips_missing_gridsearch(results, c
 def test_figures_command_without_csv_says_what_to_run(tmp_path, capsys):
     assert cli_main(["figures", "overhead", "--results", str(tmp_path)]) == 0
     assert "curvbench overhead" in capsys.readouterr().out
+
+
+def test_memory_panels_never_put_two_batch_sizes_side_by_side():
+    """A peer timed at N=32 and ours at N=128 are drawn in separate panels (peak memory grows
+    with N: side by side they would suggest the peer needs less)."""
+    import pandas as pd
+
+    from bench.overhead.figures import memory_panels
+
+    data = pd.DataFrame(
+        [
+            _row("cifar10_3c3d", 32, "curvlinops", "KFAC", 0.2, 0.05, mem=130.0),
+            _row("cifar10_3c3d", 32, "ours", "KFAC", 0.1, 0.05, mem=120.0),
+            _row("cifar10_3c3d", 128, "ours", "KFAC", 0.4, 0.15, mem=300.0),
+            _row("cifar100_allcnnc", 2, "ours", "KFLR", 3.0, 0.1, mem=280.0),
+        ]
+    )
+    panels = memory_panels(data)
+    assert [(p, n) for p, n, _ in panels] == [
+        ("cifar10_3c3d", 32),
+        ("cifar10_3c3d", 128),
+        ("cifar100_allcnnc", 2),
+    ]
+    assert all(set(rows["batch_size"]) == {n} for _, n, rows in panels)
