@@ -10,6 +10,8 @@ with ``s`` the backpropagated loss-Hessian columns at the layer output (already 
 ``1/sqrt(N)`` / ``1/sqrt(M)``) and ``u`` the unfolded input patches (``S`` positions; one for
 ``Linear``). The bias: ``lam_b = sum_{v,n} (Q_B^T sum_s s_{v,n,s}) ** 2``. No per-sample gradient
 is stored: the columns and the patches are rotated, and ``G`` is formed in sample chunks.
+A ``Linear`` layer's factors with fewer rows than half their size (``A = x^T x / N`` for ``N``
+samples) get their basis from a QR of the rows and a small ``eigh`` (:func:`eigenbasis_of_rows`).
 
 The basis needs ``B`` of the whole batch. When the propagated columns fit the memory budget in
 one chunk, ``B``, the eigenbasis and the correction are all formed when the columns reach the
@@ -36,6 +38,39 @@ CORRECTION_CHUNK_ELEMENTS = device_defaults.CPU["CORRECTION_CHUNK_ELEMENTS"]  # 
 def eigenbasis(factor: Tensor) -> Tensor:
     """Eigenvectors (columns, ascending eigenvalues) of a symmetric Kronecker factor."""
     return torch.linalg.eigh(factor).eigenvectors
+
+
+def rows_basis_is_cheaper(rows: Tensor) -> bool:
+    """Whether :func:`eigenbasis_of_rows` beats ``eigh`` of the ``[K, K]`` factor: ``2 r <= K``.
+
+    Measured on 2 CPU threads (float32, r = 128): K = 1152 takes 6 ms instead of 68 ms, K = 512
+    3 ms instead of 10 ms, K = 256 about the same (1.6 vs 1.8 ms).
+    """
+    return 2 * rows.shape[0] <= rows.shape[1]
+
+
+def eigenbasis_of_rows(rows: Tensor) -> Tensor:
+    """Eigenvectors (ascending eigenvalues) of ``F = rows^T rows`` without ``eigh`` of ``[K, K]``.
+
+    With ``r < K`` rows ``F`` has rank ``<= r``. A complete QR of ``rows^T = Q_1 T`` (``Q =
+    [Q_1, Q_2]``, ``[K, K]``, Householder) gives ``F = Q_1 (T T^T) Q_1^T``: the eigenvectors of
+    the small ``T T^T`` (``[r, r]``) rotated by ``Q_1``, and ``Q_2``, an orthonormal basis of
+    ``F``'s null space (eigenvalue 0, put first). Any positive multiple of ``F`` has the same
+    basis. Only the null space differs from ``eigh(F)``'s basis: it is degenerate, so any
+    orthonormal basis of it is one, and EKFAC's correction vanishes on it (``G q = 0`` for ``q``
+    orthogonal to the rows). Used for ``Linear`` layers: ``A = x^T x / N`` (rows: the inputs)
+    and, when the columns run in one chunk, ``B`` (rows: the columns).
+
+    Args:
+        rows: ``[r, K]`` with ``r < K`` (see :func:`rows_basis_is_cheaper`).
+
+    """
+    r = rows.shape[0]
+    q, tri = torch.linalg.qr(rows.t(), mode="complete")
+    t = tri[:r]  # [r, r] upper triangular: rows^T = q[:, :r] @ t
+    w = torch.linalg.eigh(t @ t.t()).eigenvectors
+    # column-major like eigh's eigenvectors (torch.kron fails on mixed layouts, torch 2.13)
+    return torch.cat([q[:, r:].mT, w.mT @ q[:, :r].mT]).mT
 
 
 def _columns_and_patches(rec: Any, mat: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -93,6 +128,11 @@ def corrections(
     return lam, lam_b
 
 
+def _is_linear_with_few(rec: Any, rows: Tensor) -> bool:
+    """Whether ``rec`` is a ``Linear`` layer whose factor of ``rows`` is cheaper from the rows."""
+    return isinstance(rec.module, nn.Linear) and rows_basis_is_cheaper(rows)
+
+
 @dataclass
 class EkfacTarget:
     """What one EKFAC quantity collects on one stream of columns.
@@ -117,7 +157,13 @@ class EkfacTarget:
     def extract(self, engine: Any, rec: Any, mat: Tensor, single_pass: bool) -> None:
         """Feed the columns ``mat`` reaching ``rec`` (a chunk of them unless ``single_pass``)."""
         pos = rec.position
-        if pos not in self.bases:
+        columns = mat.flatten(0, 1) if isinstance(rec.module, nn.Linear) else None  # B = c^T c
+        if pos not in self.bases and single_pass and columns is not None:
+            q_b = eigenbasis_of_rows(columns) if rows_basis_is_cheaper(columns) else None
+            if q_b is None:
+                q_b = eigenbasis(engine.output_factor(rec, mat, self.conv))
+            self.bases[pos] = (q_b, self._input_basis(engine, pos))
+        elif pos not in self.bases:
             b = engine.output_factor(rec, mat, self.conv)
             self.factors[pos] = self.factors[pos] + b if pos in self.factors else b
             if not single_pass:
@@ -133,10 +179,17 @@ class EkfacTarget:
 
     def form_basis(self, engine: Any, pos: int) -> None:
         """Eigenbases of the layer at ``pos`` from its complete ``B`` and its ``A``."""
+        self.bases[pos] = (eigenbasis(self.factors.pop(pos)), self._input_basis(engine, pos))
+
+    @staticmethod
+    def _input_basis(engine: Any, pos: int) -> Tensor | None:
+        """``Q_A`` of the layer at ``pos`` (whole batch; ``None`` without a weight to curve)."""
         rec = engine.views[pos]
-        has_weight = engine.names.get(id(rec.module.weight)) is not None
-        q_a = eigenbasis(engine.input_factor(pos)) if has_weight else None
-        self.bases[pos] = (eigenbasis(self.factors.pop(pos)), q_a)
+        if engine.names.get(id(rec.module.weight)) is None:
+            return None
+        if _is_linear_with_few(rec, rec.input):  # A = x^T x / N
+            return eigenbasis_of_rows(rec.input)
+        return eigenbasis(engine.input_factor(pos))
 
     def needs_second_pass(self, engine: Any) -> bool:
         """After a chunked propagation: form the bases; whether the correction still runs."""

@@ -306,3 +306,28 @@ def test_a_perturbed_ekfac_fails_the_curvlinops_comparison():
         value[which] = value[which] + 1e-5 * torch.randn_like(value[which])
         with pytest.raises(AssertionError):
             _close(ekfac_matrix(perturbed, model), theirs, "EKFAC")
+
+
+# ---------------------------------------------------------------------------------------------
+# EKFAC's fast paths vs their definitions (float64)
+# ---------------------------------------------------------------------------------------------
+
+
+def _orthogonal(k: int, gen: torch.Generator) -> Tensor:
+    return torch.linalg.qr(torch.randn(k, k, dtype=torch.float64, generator=gen))[0]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5])
+def test_eigenbasis_of_rows_diagonalises_the_factor_like_eigh(rows):
+    """Orthonormal, ``Q^T F Q`` diagonal with eigh's ascending eigenvalues (zeros first); also
+    for rank-deficient rows (a repeated row)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(rows, 13, dtype=torch.float64, generator=gen)
+    x = torch.cat([x, x[:1]])  # rank <= rows < rows + 1
+    assert ekfac.rows_basis_is_cheaper(x)
+    factor = x.T @ x
+    q = ekfac.eigenbasis_of_rows(x)
+    _close(q.T @ q, torch.eye(13, dtype=torch.float64), "Q^T Q")
+    rotated = q.T @ factor @ q
+    _close(rotated, torch.diag(torch.linalg.eigvalsh(factor)), "Q^T F Q")
+    assert not ekfac.rows_basis_is_cheaper(torch.zeros(7, 13))
