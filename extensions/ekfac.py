@@ -105,27 +105,64 @@ def corrections(
 
     """
     s, u = _columns_and_patches(rec, mat)
-    s_rot = s @ q_b  # [V, n, S, out]
-    lam_b = s_rot.sum(2).square().sum((0, 1))
+    lam_b = (s.sum(2) @ q_b).square().sum((0, 1))
     if q_a is None:
         return None, lam_b
-    u_rot = u @ q_a  # [n, S, K]
-    v, n, positions, out = s_rot.shape
-    k = u_rot.shape[-1]
+    v, n, positions, out = s.shape
+    k = u.shape[-1]
     if positions == 1:  # (s_o u_k)^2 = s_o^2 u_k^2: no per-sample tensor at all
-        lam = torch.einsum("vno,nk->ok", s_rot[:, :, 0].square(), u_rot[:, 0].square())
+        s_rot, u_rot = s[:, :, 0] @ q_b, u[:, 0] @ q_a
+        lam = torch.einsum("vno,nk->ok", s_rot.square(), u_rot.square())
         return lam, lam_b
-    lam = s_rot.new_zeros(out, k)
     chunk = device_defaults.tuned(
         "CORRECTION_CHUNK_ELEMENTS", mat.device, CORRECTION_CHUNK_ELEMENTS
     )
     if max_elements is not None:
         chunk = min(chunk, max_elements)
+    if gradients_first(v, positions, out, k):
+        return _gradients_first_lam(s, u, q_b, q_a, chunk), lam_b
+    s_rot, u_rot = s @ q_b, u @ q_a  # [V, n, S, out], [n, S, K]
+    lam = s_rot.new_zeros(out, k)
     step = max(1, chunk // max(1, v * out * k))
     for n0 in range(0, n, step):
         g = torch.einsum("vnso,nsk->vnok", s_rot[:, n0 : n0 + step], u_rot[n0 : n0 + step])
         lam += g.square_().sum((0, 1))
     return lam, lam_b
+
+
+def gradients_first(v: int, positions: int, out: int, k: int) -> bool:
+    """Whether forming ``G`` and then rotating it costs fewer flops than rotating the patches.
+
+    Per sample, rotating the patches first costs ``S K^2 + V S out^2`` multiply-adds (then ``G``
+    of the rotated factors, ``V S out K``); forming ``G = s^T u`` first (``V S out K`` too) and
+    then rotating it costs ``V out K^2`` for ``Q_A`` and ``V out^2 min(S, K)`` for ``Q_B`` (on the
+    columns before or on ``G`` after, whichever is cheaper). 3C3D: conv1 (S 784, out 64, K 75)
+    and conv2 (S 144, out 96, K 576) form ``G`` first, conv3 (S 36, out 128, K 864) does not.
+    """
+    patches = positions * k * k + v * positions * out * out
+    gradients = v * out * k * k + v * out * out * min(positions, k)
+    return gradients < patches
+
+
+def _gradients_first_lam(s: Tensor, u: Tensor, q_b: Tensor, q_a: Tensor, chunk: int) -> Tensor:
+    """``lam`` from ``G = s^T u`` rotated afterwards (:func:`gradients_first`), in sample chunks.
+
+    Two chunk-sized temporaries (``G`` and its rotation) live at once, so a chunk has half the
+    samples of the other order's.
+    """
+    v, n, positions, out = s.shape
+    k = u.shape[-1]
+    left_first = positions <= k  # rotate the columns by Q_B before, else G after
+    if left_first:
+        s = s @ q_b
+    lam = s.new_zeros(out, k)
+    step = max(1, chunk // max(1, 2 * v * out * k))
+    for n0 in range(0, n, step):
+        g = torch.einsum("vnso,nsk->vnok", s[:, n0 : n0 + step], u[n0 : n0 + step]) @ q_a
+        if not left_first:
+            g = q_b.mT @ g
+        lam += g.square_().sum((0, 1))
+    return lam
 
 
 def _is_linear_with_few(rec: Any, rows: Tensor) -> bool:

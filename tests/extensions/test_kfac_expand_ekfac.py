@@ -317,6 +317,51 @@ def _orthogonal(k: int, gen: torch.Generator) -> Tensor:
     return torch.linalg.qr(torch.randn(k, k, dtype=torch.float64, generator=gen))[0]
 
 
+def _lam_by_definition(rec, mat: Tensor, q_b: Tensor, q_a: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum_{v,n} (Q_B^T G_{v,n} Q_A)^2`` from explicit per-(column, sample) gradients."""
+    s, u = ekfac._columns_and_patches(rec, mat)  # [V, n, S, out], [n, S, K]
+    g = torch.einsum("vnso,nsk->vnok", s, u)
+    lam = (q_b.T @ g @ q_a).square().sum((0, 1))
+    lam_b = (s.sum(2) @ q_b).square().sum((0, 1))
+    return lam, lam_b
+
+
+@pytest.mark.parametrize("order", ["patches", "gradients"])
+@pytest.mark.parametrize(
+    ("layer", "in_shape"),
+    [
+        (nn.Conv2d(3, 4, 3, padding=1), (3, 5, 5)),  # S = 25 <= K = 27: Q_B on the columns
+        (nn.Conv2d(2, 5, 2, stride=2), (2, 8, 8)),  # S = 16 > K = 8: Q_B after G
+        (nn.Linear(6, 3), (6,)),  # S = 1
+    ],
+    ids=["conv-S25-K27", "conv-S16-K8", "linear"],
+)
+def test_ekfac_correction_equals_its_definition_either_way(layer, in_shape, order, monkeypatch):
+    """Both orders (rotate the patches, or form G and rotate it), in several sample chunks."""
+    gen = torch.Generator().manual_seed(0)
+    layer = layer.double()
+    x = torch.randn(5, *in_shape, dtype=torch.float64, generator=gen)
+    out = layer(x)
+    mat = torch.randn(3, *out.shape, dtype=torch.float64, generator=gen)  # V = 3 columns
+    rec = type("Rec", (), {"module": layer, "input": x})()
+    k = layer.weight[0].numel()
+    q_b, q_a = _orthogonal(out.shape[1], gen), _orthogonal(k, gen)
+    monkeypatch.setattr(ekfac, "gradients_first", lambda *a: order == "gradients")
+    lam, lam_b = ekfac.corrections(rec, mat, q_b, q_a, max_elements=2 * 3 * out.shape[1] * k)
+    expected, expected_b = _lam_by_definition(rec, mat, q_b, q_a)
+    _close(lam, expected, "lam")
+    _close(lam_b, expected_b, "lam_b")
+    with pytest.raises(AssertionError):
+        _close(lam, _lam_by_definition(rec, mat, q_b, q_a.flip(1))[0], "a wrong basis")
+
+
+def test_gradients_first_on_3c3d_conv1_and_conv2_not_conv3():
+    assert ekfac.gradients_first(1, 784, 64, 75)  # conv1: S 784, out 64, K 75
+    assert ekfac.gradients_first(1, 144, 96, 576)  # conv2
+    assert not ekfac.gradients_first(1, 36, 128, 864)  # conv3
+    assert not ekfac.gradients_first(100, 144, 96, 576)  # many columns: rotate the patches
+
+
 @pytest.mark.parametrize("rows", [1, 3, 5])
 def test_eigenbasis_of_rows_diagonalises_the_factor_like_eigh(rows):
     """Orthonormal, ``Q^T F Q`` diagonal with eigh's ascending eigenvalues (zeros first); also
