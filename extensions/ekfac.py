@@ -104,23 +104,26 @@ def corrections(
             (the memory budget's); the device's chunk size bounds it too (``None``: only that).
 
     """
-    s, u = _columns_and_patches(rec, mat)
-    lam_b = (s.sum(2) @ q_b).square().sum((0, 1))
+    m = rec.module
+    conv = isinstance(m, nn.Conv2d)
+    lam_b = ((mat.sum((3, 4)) if conv else mat) @ q_b).square().sum((0, 1))
     if q_a is None:
         return None, lam_b
-    v, n, positions, out = s.shape
-    k = u.shape[-1]
-    if positions == 1:  # (s_o u_k)^2 = s_o^2 u_k^2: no per-sample tensor at all
-        s_rot, u_rot = s[:, :, 0] @ q_b, u[:, 0] @ q_a
-        lam = torch.einsum("vno,nk->ok", s_rot.square(), u_rot.square())
-        return lam, lam_b
+    v, n, out = mat.shape[:3]
+    positions = mat[0, 0, 0].numel()
+    k = q_a.shape[0]
     chunk = device_defaults.tuned(
         "CORRECTION_CHUNK_ELEMENTS", mat.device, CORRECTION_CHUNK_ELEMENTS
     )
     if max_elements is not None:
         chunk = min(chunk, max_elements)
-    if gradients_first(v, positions, out, k):
-        return _gradients_first_lam(s, u, q_b, q_a, chunk), lam_b
+    if conv and gradients_first(v, positions, out, k):
+        return _gradients_first_lam(rec, mat, q_b, q_a, chunk), lam_b
+    s, u = _columns_and_patches(rec, mat)
+    if positions == 1:  # (s_o u_k)^2 = s_o^2 u_k^2: no per-sample tensor at all
+        s_rot, u_rot = s[:, :, 0] @ q_b, u[:, 0] @ q_a
+        lam = torch.einsum("vno,nk->ok", s_rot.square(), u_rot.square())
+        return lam, lam_b
     s_rot, u_rot = s @ q_b, u @ q_a  # [V, n, S, out], [n, S, K]
     lam = s_rot.new_zeros(out, k)
     step = max(1, chunk // max(1, v * out * k))
@@ -144,21 +147,26 @@ def gradients_first(v: int, positions: int, out: int, k: int) -> bool:
     return gradients < patches
 
 
-def _gradients_first_lam(s: Tensor, u: Tensor, q_b: Tensor, q_a: Tensor, chunk: int) -> Tensor:
-    """``lam`` from ``G = s^T u`` rotated afterwards (:func:`gradients_first`), in sample chunks.
+def _gradients_first_lam(rec: Any, mat: Tensor, q_b: Tensor, q_a: Tensor, chunk: int) -> Tensor:
+    """``lam`` of a conv from ``G = s^T u`` rotated afterwards (:func:`gradients_first`).
 
-    Two chunk-sized temporaries (``G`` and its rotation) live at once, so a chunk has half the
-    samples of the other order's.
+    ``G`` comes in :func:`extensions.per_sample.conv2d_weight_chunks`' cache-sized sample chunks
+    (each unfolds only its own samples' patches); ``G`` and its rotation live at once, so
+    ``chunk`` (elements) bounds twice a chunk of ``G``.
     """
-    v, n, positions, out = s.shape
-    k = u.shape[-1]
+    v, n, out = mat.shape[:3]
+    positions = mat[0, 0, 0].numel()
+    k = q_a.shape[0]
     left_first = positions <= k  # rotate the columns by Q_B before, else G after
+    cols = mat.flatten(3)  # [V, n, out, S]
     if left_first:
-        s = s @ q_b
-    lam = s.new_zeros(out, k)
-    step = max(1, chunk // max(1, 2 * v * out * k))
-    for n0 in range(0, n, step):
-        g = torch.einsum("vnso,nsk->vnok", s[:, n0 : n0 + step], u[n0 : n0 + step]) @ q_a
+        cols = q_b.mT @ cols
+    cols = cols.reshape(v * n, out, *mat.shape[3:])
+    step = per_sample.conv2d_chunk_size(rec.input, rec.module, cols)
+    step = max(1, min(step, chunk // max(1, 2 * v * out * k)))
+    lam = mat.new_zeros(out, k)
+    for _, _, g in per_sample.conv2d_weight_chunks(rec.input, cols, rec.module, step):
+        g = g @ q_a  # [V, n, out, K]
         if not left_first:
             g = q_b.mT @ g
         lam += g.square_().sum((0, 1))
