@@ -32,7 +32,7 @@ from extensions import device_defaults, per_sample
 
 #: elements of one chunk of rotated per-(column, sample) weight gradients ``[V, n, out, K]`` on
 #: the CPU (other devices: :data:`extensions.device_defaults.TABLE`)
-CORRECTION_CHUNK_ELEMENTS = device_defaults.CPU["CORRECTION_CHUNK_ELEMENTS"]  # 2**23
+CORRECTION_CHUNK_ELEMENTS = device_defaults.CPU["CORRECTION_CHUNK_ELEMENTS"]  # 2**21
 
 
 def eigenbasis(factor: Tensor) -> Tensor:
