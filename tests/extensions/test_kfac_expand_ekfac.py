@@ -376,3 +376,16 @@ def test_eigenbasis_of_rows_diagonalises_the_factor_like_eigh(rows):
     rotated = q.T @ factor @ q
     _close(rotated, torch.diag(torch.linalg.eigvalsh(factor)), "Q^T F Q")
     assert not ekfac.rows_basis_is_cheaper(torch.zeros(7, 13))
+
+
+@pytest.mark.parametrize("zero_column", [False, True])
+def test_complete_householder_q_equals_lapacks_complete_qr(zero_column):
+    """The compact-WY ``Q`` equals ``torch.linalg.qr(mode="complete")``'s, also where a
+    reflector is the identity (``tau = 0``: a zero column)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 4, dtype=torch.float64, generator=gen)
+    if zero_column:
+        x[:, 1] = 0
+    h, tau = torch.geqrf(x)
+    assert (tau == 0).any() == zero_column
+    _close(ekfac.complete_householder_q(h, tau), torch.linalg.qr(x, mode="complete")[0], "Q")
