@@ -171,26 +171,29 @@ def gradients_first(v: int, positions: int, out: int, k: int) -> bool:
 def _gradients_first_lam(rec: Any, mat: Tensor, q_b: Tensor, q_a: Tensor, chunk: int) -> Tensor:
     """``lam`` of a conv from ``G = s^T u`` rotated afterwards (:func:`gradients_first`).
 
-    ``G`` comes in :func:`extensions.per_sample.conv2d_weight_chunks`' cache-sized sample chunks
-    (each unfolds only its own samples' patches); ``G`` and its rotation live at once, so
-    ``chunk`` (elements) bounds twice a chunk of ``G``.
+    ``G`` comes from :func:`extensions.per_sample.conv2d_weight_chunks` in cache-sized sample
+    chunks (each unfolds only its own samples' patches and flattens only its own columns);
+    ``G`` and its rotation live at once, so ``chunk`` (elements) bounds twice a chunk of ``G``.
     """
     v, n, out = mat.shape[:3]
     positions = mat[0, 0, 0].numel()
     k = q_a.shape[0]
     left_first = positions <= k  # rotate the columns by Q_B before, else G after
-    cols = mat.flatten(3)  # [V, n, out, S]
-    if left_first:
-        cols = q_b.mT @ cols
-    cols = cols.reshape(v * n, out, *mat.shape[3:])
-    step = per_sample.conv2d_chunk_size(rec.input, rec.module, cols)
+    step = per_sample.conv2d_chunk_size(rec.input, rec.module, mat[0], rows=v)
     step = max(1, min(step, chunk // max(1, 2 * v * out * k)))
     lam = mat.new_zeros(out, k)
-    for _, _, g in per_sample.conv2d_weight_chunks(rec.input, cols, rec.module, step):
-        g = g @ q_a  # [V, n, out, K]
-        if not left_first:
-            g = q_b.mT @ g
-        lam += g.square_().sum((0, 1))
+    for n0 in range(0, n, step):
+        # [V, n, out, S]: a chunk-sized copy where mat is a cropped view (after a ZeroPad2d)
+        cols = mat[:, n0 : n0 + step].flatten(3)
+        if left_first:
+            cols = q_b.mT @ cols
+        cols = cols.reshape(-1, out, *mat.shape[3:])
+        x = rec.input[n0 : n0 + step]
+        for _, _, g in per_sample.conv2d_weight_chunks(x, cols, rec.module, step):
+            g = g @ q_a  # [V, n, out, K]
+            if not left_first:
+                g = q_b.mT @ g
+            lam += g.square_().sum((0, 1))
     return lam
 
 
