@@ -10,9 +10,10 @@ the default memory budget of ``extensions.quantities.DEFAULT_MEMORY_BUDGET`` (8 
 budget-driven chunking of ``second_order`` still applies on top. The blocked Gram matrix (half the
 flops of ``u @ u.T`` on CPU) is a single GEMM on CUDA, where cuBLAS is fastest with one large call.
 EKFAC's correction chunk (``ekfac.CORRECTION_CHUNK_ELEMENTS``, rotated per-sample gradients ``[V, n,
-out, K]``, squared in place) is 8x larger on CUDA, not 16x: 2**26 elements is the 256 MiB cap above,
-and each chunk is one einsum (one batched GEMM) whose launch cost a larger chunk no longer amortises
-noticeably at 3C3D/All-CNN-C sizes.
+out, K]``, squared in place) is 2**21 elements on CPU (measured in the 3C3D EKFAC step: 3C3D conv3's
+correction 56-64 ms with 2**23, 54-56 ms with 2**21, a fresh 32 MiB chunk costing page faults) and
+2**26 on CUDA, the 256 MiB cap above: each chunk is one einsum (one batched GEMM) whose launch cost
+a larger chunk no longer amortises noticeably at 3C3D/All-CNN-C sizes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ TABLE: dict[str, dict[str, int]] = {
         "JAC_T_CHUNK_ELEMENTS": 2**21,
         "GRAM_BLOCK_ROWS": 192,
         "GRAM_MAX_BLOCKS": 6,
-        "CORRECTION_CHUNK_ELEMENTS": 2**23,
+        "CORRECTION_CHUNK_ELEMENTS": 2**21,
     },
     "cuda": {  # untested on a GPU (see the module docstring)
         "UNFOLD_CHUNK_ELEMENTS": 2**25,

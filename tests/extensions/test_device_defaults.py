@@ -49,7 +49,7 @@ def _correction_chunks(monkeypatch, device_row: str | None, max_elements: int | 
 
 def test_ekfac_correction_chunk_is_in_the_table_and_larger_on_cuda(monkeypatch):
     """One [V, n, out, K] = [100, 1, 96, 864] sample is 8.3M elements: 1 sample per chunk on
-    CPU (2**23), 8 on CUDA (2**26); the memory budget (``max_elements``) still bounds both."""
+    CPU (2**21), 8 on CUDA (2**26); the memory budget (``max_elements``) still bounds both."""
     assert device_defaults.TABLE["cuda"]["CORRECTION_CHUNK_ELEMENTS"] == 2**26
     assert _correction_chunks(monkeypatch, None, None) == 128
     assert _correction_chunks(monkeypatch, "cuda", None) == 128 // 8

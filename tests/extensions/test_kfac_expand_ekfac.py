@@ -318,3 +318,88 @@ def test_expand_output_factor_equals_the_transposed_gram(monkeypatch, chunk):
     mat = torch.randn(3, 4, 5, 6, 7, dtype=torch.float64)
     s = mat.flatten(3).transpose(2, 3).reshape(-1, 5)
     torch.testing.assert_close(second_order._expand_output_factor(mat), s.t() @ s)
+
+
+# ---------------------------------------------------------------------------------------------
+# EKFAC's fast paths vs their definitions (float64)
+# ---------------------------------------------------------------------------------------------
+
+
+def _orthogonal(k: int, gen: torch.Generator) -> Tensor:
+    return torch.linalg.qr(torch.randn(k, k, dtype=torch.float64, generator=gen))[0]
+
+
+def _lam_by_definition(rec, mat: Tensor, q_b: Tensor, q_a: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum_{v,n} (Q_B^T G_{v,n} Q_A)^2`` from explicit per-(column, sample) gradients."""
+    s, u = ekfac._columns_and_patches(rec, mat)  # [V, n, S, out], [n, S, K]
+    g = torch.einsum("vnso,nsk->vnok", s, u)
+    lam = (q_b.T @ g @ q_a).square().sum((0, 1))
+    lam_b = (s.sum(2) @ q_b).square().sum((0, 1))
+    return lam, lam_b
+
+
+@pytest.mark.parametrize("order", ["patches", "gradients"])
+@pytest.mark.parametrize(
+    ("layer", "in_shape"),
+    [
+        (nn.Conv2d(3, 4, 3, padding=1), (3, 5, 5)),  # S = 25 <= K = 27: Q_B on the columns
+        (nn.Conv2d(2, 5, 2, stride=2), (2, 8, 8)),  # S = 16 > K = 8: Q_B after G
+        (nn.Linear(6, 3), (6,)),  # S = 1
+    ],
+    ids=["conv-S25-K27", "conv-S16-K8", "linear"],
+)
+def test_ekfac_correction_equals_its_definition_either_way(layer, in_shape, order, monkeypatch):
+    """Both orders (rotate the patches, or form G and rotate it), in several sample chunks."""
+    gen = torch.Generator().manual_seed(0)
+    layer = layer.double()
+    x = torch.randn(5, *in_shape, dtype=torch.float64, generator=gen)
+    out = layer(x)
+    padded = [d + 1 for d in out.shape[2:]]  # conv: a cropped view, as after a ZeroPad2d
+    mat = torch.randn(3, *out.shape[:2], *padded, dtype=torch.float64, generator=gen)  # V = 3
+    mat = mat[..., :-1, :-1] if padded else mat
+    rec = type("Rec", (), {"module": layer, "input": x})()
+    k = layer.weight[0].numel()
+    q_b, q_a = _orthogonal(out.shape[1], gen), _orthogonal(k, gen)
+    monkeypatch.setattr(ekfac, "gradients_first", lambda *a: order == "gradients")
+    lam, lam_b = ekfac.corrections(rec, mat, q_b, q_a, max_elements=2 * 3 * out.shape[1] * k)
+    expected, expected_b = _lam_by_definition(rec, mat, q_b, q_a)
+    _close(lam, expected, "lam")
+    _close(lam_b, expected_b, "lam_b")
+    with pytest.raises(AssertionError):
+        _close(lam, _lam_by_definition(rec, mat, q_b, q_a.flip(1))[0], "a wrong basis")
+
+
+def test_gradients_first_on_3c3d_conv1_and_conv2_not_conv3():
+    assert ekfac.gradients_first(1, 784, 64, 75)  # conv1: S 784, out 64, K 75
+    assert ekfac.gradients_first(1, 144, 96, 576)  # conv2
+    assert not ekfac.gradients_first(1, 36, 128, 864)  # conv3
+    assert not ekfac.gradients_first(100, 144, 96, 576)  # many columns: rotate the patches
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5])
+def test_eigenbasis_of_rows_diagonalises_the_factor_like_eigh(rows):
+    """Orthonormal, ``Q^T F Q`` diagonal with eigh's ascending eigenvalues (zeros first); also
+    for rank-deficient rows (a repeated row)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(rows, 13, dtype=torch.float64, generator=gen)
+    x = torch.cat([x, x[:1]])  # rank <= rows < rows + 1
+    assert ekfac.rows_basis_is_cheaper(x)
+    factor = x.T @ x
+    q = ekfac.eigenbasis_of_rows(x)
+    _close(q.T @ q, torch.eye(13, dtype=torch.float64), "Q^T Q")
+    rotated = q.T @ factor @ q
+    _close(rotated, torch.diag(torch.linalg.eigvalsh(factor)), "Q^T F Q")
+    assert not ekfac.rows_basis_is_cheaper(torch.zeros(7, 13))
+
+
+@pytest.mark.parametrize("zero_column", [False, True])
+def test_complete_householder_q_equals_lapacks_complete_qr(zero_column):
+    """The compact-WY ``Q`` equals ``torch.linalg.qr(mode="complete")``'s, also where a
+    reflector is the identity (``tau = 0``: a zero column)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 4, dtype=torch.float64, generator=gen)
+    if zero_column:
+        x[:, 1] = 0
+    h, tau = torch.geqrf(x)
+    assert (tau == 0).any() == zero_column
+    _close(ekfac.complete_householder_q(h, tau), torch.linalg.qr(x, mode="complete")[0], "Q")
