@@ -113,10 +113,17 @@ def test_every_fingerprint_field_guards_the_resume(change, tmp_path):
     assert overhead_run.fingerprint_mismatch(first, current)
 
 
-def test_a_committed_reference_without_fingerprint_is_never_resumed_into(tmp_path):
+def test_a_csv_without_fingerprint_is_never_resumed_into(tmp_path):
+    """A CSV whose sidecar records no fingerprint (a reference from before fingerprints, or a
+    hand-made file) is never resumed into, whatever this machine is."""
+    reference = ROOT / "results" / "overhead" / "reference" / "cpu-2core"
+    csv = tmp_path / "old.csv"
+    csv.write_bytes(reference.with_suffix(".csv").read_bytes())
+    meta = results_io.read_json(reference.with_suffix(".json"))
+    meta.pop("fingerprint", None)
+    results_io.atomic_write_json(csv.with_suffix(".json"), meta)
     current = overhead_run.fingerprint("cpu", numerics.Numerics())
-    reference = ROOT / "results" / "overhead" / "reference" / "cpu-2core.csv"
-    assert "no environment fingerprint" in overhead_run.fingerprint_mismatch(reference, current)
+    assert "no environment fingerprint" in overhead_run.fingerprint_mismatch(csv, current)
 
 
 # ---- figures and REPORT: one section per (machine, device) --------------------------------
