@@ -111,6 +111,41 @@ def release_own_stale_lock(store: RunStore, run_id: str, task_id: str | None) ->
     return removed
 
 
+#: Tries of submitit's ``scontrol requeue`` when a signal killed it (see :func:`requeue_retrying`).
+REQUEUE_TRIES = 3
+
+
+def requeue_retrying(requeue, tries: int = REQUEUE_TRIES, pause_s: float = 1.0):
+    """Wrap submitit's ``_requeue`` to retry a ``scontrol requeue`` that a signal killed.
+
+    On preemption SLURM signals every process of the job, and a SIGTERM can reach the
+    ``scontrol requeue`` child that submitit's handler just started: it dies, the handler raises
+    ``CalledProcessError``, and the run was recorded ``failed`` instead of being requeued. A
+    ``scontrol`` that ran and exited non-zero is not retried.
+    """
+
+    def _requeue(self, countdown: int) -> None:
+        for attempt in range(1, tries + 1):
+            try:
+                return requeue(self, countdown)
+            except subprocess.CalledProcessError as err:
+                if err.returncode >= 0 or attempt == tries:
+                    raise
+                log.warning("scontrol requeue was killed by signal %d; again", -err.returncode)
+                time.sleep(pause_s)
+
+    _requeue.__wrapped__ = requeue
+    return _requeue
+
+
+def _install_requeue_retry() -> None:
+    """Make this task's submitit requeue retry (idempotent)."""
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    if not hasattr(SlurmJobEnvironment._requeue, "__wrapped__"):
+        SlurmJobEnvironment._requeue = requeue_retrying(SlurmJobEnvironment._requeue)
+
+
 class ResumableRun(Checkpointable):
     """What one array task runs: :func:`run_job`; on preemption/timeout, requeue and resume.
 
@@ -122,6 +157,7 @@ class ResumableRun(Checkpointable):
     def __call__(self, config_dict: dict, store_dir: str) -> str:
         """Train or resume the run; return its status (see :func:`run_job`)."""
         run_id = RunConfig.from_dict(config_dict).run_id
+        _install_requeue_retry()
         if release_own_stale_lock(RunStore(store_dir), run_id, _task_id()):
             print(f"curvbench: removed the lock of run {run_id} left by this task's last attempt")
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")

@@ -88,3 +88,46 @@ def test_bad_extra_sbatch_option_is_refused():
     add_slurm_arguments(parser)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         slurm_options_from_args(parser.parse_args(["--slurm-arg", "qos"]))
+
+
+@pytest.mark.parametrize(
+    ("codes", "calls", "raises"),
+    [
+        ([-15, 0], 2, False),  # SIGTERM reached scontrol during the preemption: requeued on retry
+        ([1], 1, True),  # scontrol ran and refused: no retry, the error stands
+        ([-15, -15, -15], 3, True),  # killed every time: give up after REQUEUE_TRIES
+    ],
+    ids=["killed-once", "refused", "killed-always"],
+)
+def test_requeue_retries_a_scontrol_killed_by_a_signal(codes, calls, raises):
+    import subprocess
+
+    from bench.gridsearch.slurm import requeue_retrying
+
+    seen = []
+
+    def requeue(env, countdown):
+        code = codes[len(seen)]
+        seen.append(countdown)
+        if code:
+            raise subprocess.CalledProcessError(code, ["scontrol", "requeue", "7_0"])
+
+    wrapped = requeue_retrying(requeue, pause_s=0)
+    if raises:
+        with pytest.raises(subprocess.CalledProcessError):
+            wrapped(object(), 3)
+    else:
+        wrapped(object(), 3)
+    assert seen == [3] * calls
+
+
+def test_the_requeue_retry_is_installed_once(monkeypatch):
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    from bench.gridsearch import slurm
+
+    original = SlurmJobEnvironment._requeue
+    monkeypatch.setattr(SlurmJobEnvironment, "_requeue", original)
+    slurm._install_requeue_retry()
+    slurm._install_requeue_retry()
+    assert SlurmJobEnvironment._requeue.__wrapped__ is original
