@@ -54,15 +54,12 @@ def fingerprint(device: str, source: str) -> dict[str, Any]:
     }
 
 
-def _has_runs(root: Path) -> bool:
-    return root.is_dir() and any(not p.name.startswith(".") for p in root.glob("*.json"))
-
-
 def mismatch(root: str | Path, current: dict[str, Any]) -> str | None:
     """Why a sweep of fingerprint ``current`` may not write into the store ``root`` (or ``None``).
 
     A folder without runs and without a fingerprint is new: it may be used.
     """
+    from bench.gridsearch.store import RunStore
     from bench.results_io import read_json
 
     root = Path(root)
@@ -71,7 +68,11 @@ def mismatch(root: str | Path, current: dict[str, Any]) -> str | None:
     except ValueError:  # not JSON
         return f"its {FINGERPRINT_FILE} is unreadable"
     if stored is None:
-        return "it records no fingerprint (made by an older curvbench)" if _has_runs(root) else None
+        return (
+            "it records no fingerprint (made by an older curvbench)"
+            if RunStore(root).run_ids()
+            else None
+        )
     if not isinstance(stored, dict):
         return f"its {FINGERPRINT_FILE} is unreadable"
     diffs = [
