@@ -8,6 +8,7 @@ killed run leaves either the old or the new file, never a torn one. ``merge_rows
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -29,9 +30,19 @@ def _file_mode(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
+
+
+@functools.cache
+def _umask() -> int:
+    """Return the process's umask, read once.
+
+    Reading it means setting it, process-wide: not on every write, where a thread creating a
+    file meanwhile would get a 0 umask.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -71,6 +71,7 @@ def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask):
     """A result is readable by whom the umask allows (mkstemp's own 0o600 would hide it from the
     group on a cluster's shared filesystem); a rewrite keeps the file's mode."""
     old = os.umask(umask)
+    results_io._umask.cache_clear()  # read once per process; this test changes it
     try:
         path = results_io.atomic_write_text(tmp_path / "r.csv", "a\n")
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask
@@ -79,3 +80,4 @@ def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask):
         assert path.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+        results_io._umask.cache_clear()
