@@ -226,10 +226,11 @@ class EkfacTarget:
     def extract(self, engine: Any, rec: Any, mat: Tensor, single_pass: bool) -> None:
         """Feed the columns ``mat`` reaching ``rec`` (a chunk of them unless ``single_pass``)."""
         pos = rec.position
-        columns = mat.flatten(0, 1) if isinstance(rec.module, nn.Linear) else None  # B = c^T c
-        if pos not in self.bases and single_pass and columns is not None:
-            q_b = eigenbasis_of_rows(columns) if rows_basis_is_cheaper(columns) else None
-            if q_b is None:
+        if pos not in self.bases and single_pass and isinstance(rec.module, nn.Linear):
+            columns = mat.flatten(0, 1)  # B = c^T c
+            if rows_basis_is_cheaper(columns):
+                q_b = eigenbasis_of_rows(columns)
+            else:
                 q_b = eigenbasis(engine.output_factor(rec, mat, self.conv))
             self.bases[pos] = (q_b, self._input_basis(engine, pos))
         elif pos not in self.bases:
