@@ -136,7 +136,8 @@ def write_marker(out: Path, files: set[str], figures: list[Path | str]) -> None:
     record = {
         "made_by": "curvbench gridsearch smoke; its next run deletes these files, nothing else",
         "files": sorted(files),
-        "figures": sorted(str(Path(p).resolve()) for p in figures),
+        # relative to ``out``: no machine path in a committed reference's marker
+        "figures": sorted(os.path.relpath(Path(p).resolve(), out.resolve()) for p in figures),
     }
     (out / MARKER).write_text(json.dumps(record, indent=1) + "\n")
 
@@ -194,7 +195,8 @@ def prepare_out(out: Path, keep: bool) -> Prepared:
             )
         own = set()
     out.mkdir(parents=True, exist_ok=True)
-    prepared = Prepared(_files(out) - own, list(record.get("figures", [])))
+    figures = [str((out / p).resolve()) for p in record.get("figures", [])]  # old: absolute
+    prepared = Prepared(_files(out) - own, figures)
     write_marker(out, own, prepared.figures)
     return prepared
 
