@@ -19,6 +19,7 @@ from bench.overhead.backends import get_backend
 from bench.overhead.peers import EXPAND_CONV, EXPAND_OURS, same_quantity
 from bench.overhead.plan import PlanOptions, default_plan
 from bench.overhead.problem_setup import problem_setup
+from tests.bench.overhead.test_support_matrix import _row
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 N = 6
@@ -82,19 +83,6 @@ def test_ours_expand_rows_are_planned_and_labelled():
             assert not same_quantity("ours", notes[("tiny_cnn", "curvlinops", q)])
         assert not any(b == variant and q in ("BatchGrad", "EKFAC") for _, b, q in notes)
     assert notes[("tiny_cnn", "curvlinops", "KFAC")] == EXPAND_CONV
-
-
-def _row(backend, quantity, ratio, note=""):
-    return {
-        "problem": "cifar10_3c3d",
-        "batch_size": 128,
-        "mode": "clean",
-        "backend": backend,
-        "quantity": quantity,
-        "ratio_to_grad": ratio,
-        "status": "ok",
-        "note": note,
-    }
 
 
 def test_peer_kfac_on_conv_nets_is_compared_with_ours_expand_only():
