@@ -113,6 +113,31 @@ class BufferPool:
         slots.append(new)
         return new
 
+    def scratch(self, name: Hashable, numel: int, like: Tensor) -> Tensor:
+        """Return a flat, uninitialised temporary of ``numel`` elements (CPU: reused).
+
+        For values that never leave the function asking (a chunk's unfolded input, per-sample
+        rows squared in place): every request under ``name`` (and dtype) gets the same memory,
+        grown to the largest request so far, as long as no view of it is still alive (a nested
+        request under the same name gets a new buffer). What it costs: the largest chunk per
+        name stays allocated with the pool. Off CPU a fresh tensor is returned (a caching
+        allocator makes that cheap already, and a GPU's memory is better left to it).
+
+        Args:
+            name: what the temporary is for; callers that can be live at once use distinct names.
+            numel: the number of elements wanted.
+            like: gives dtype and device.
+
+        """
+        if like.device.type != "cpu":
+            return like.new_empty(numel)
+        key = ("scratch", name, like.dtype)
+        slots = self._buffers.get(key)
+        if slots and slots[-1].numel() >= numel and self._unshared(key, len(slots) - 1):
+            return slots[-1][:numel]
+        self._buffers[key] = [empty_large((numel,), like)]
+        return self._buffers[key][-1]
+
     def clear(self) -> None:
         """Forget all buffers (results handed out stay valid)."""
         self._buffers.clear()

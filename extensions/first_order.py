@@ -36,6 +36,9 @@ SUPPORTED_MODULES = (nn.Linear, nn.Conv2d)
 Allocator = Callable[[str, tuple[int, ...], Tensor], Tensor]
 
 
+Scratch = per_sample.Scratch
+
+
 def fresh(param: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """Allocate a new buffer on every call (the default :data:`Allocator`)."""
     return per_sample.empty_large(shape, like)
@@ -166,6 +169,7 @@ def conv2d_quantities(
     need_bias: bool,
     wanted: Collection[str],
     empty: Allocator = fresh,
+    scratch: Scratch = per_sample.fresh_scratch,
 ) -> LayerResult:
     """First-order quantities of ``nn.Conv2d`` (groups=1); the weight gradient only if derived.
 
@@ -181,6 +185,7 @@ def conv2d_quantities(
         need_bias: whether there is a bias requiring grad.
         wanted: the requested first-order quantity names.
         empty: allocates the BatchGrad buffer.
+        scratch: gives the per-chunk temporaries (unfolded input, per-sample rows, squares).
 
     """
     res = LayerResult()
@@ -199,15 +204,23 @@ def conv2d_quantities(
     norms = g.new_empty(n) if BATCH_L2 in wanted else None
     sum_sq = g.new_zeros(cout, k) if (SUM_GRAD_SQUARED in wanted or VARIANCE in wanted) else None
     out = None if batch is None else batch.unsqueeze(0)
-    for start, stop, block in per_sample.conv2d_weight_chunks(x, g, module, out=out):
-        rows = block[0]  # [n, Cout, K], already inside ``batch`` if that is wanted
+    chunks = per_sample.conv2d_weight_chunks(x, g, module, out=out, scratch=scratch)
+    for start, stop, block in chunks:
+        rows = block[0]  # [n, Cout, K]: a slice of ``batch`` if that is wanted, else a temporary
         grad += rows.sum(0)
         if norms is not None or sum_sq is not None:
-            squares = rows.square()
+            if batch is None:
+                squares = rows.square_()  # the temporary is ours to overwrite
+            else:
+                buf = scratch("squares", rows.numel(), rows).view_as(rows)
+                squares = torch.square(rows, out=buf)
+                del buf
             if norms is not None:
                 norms[start:stop] = squares.sum((1, 2))
             if sum_sq is not None:
                 sum_sq += squares.sum(0)
+            del squares
+        del block, rows  # the temporaries are reused by the next chunk only if nothing holds them
     shape = module.weight.shape
     res.grad_weight = grad.view(shape)
     if batch is not None:
@@ -227,9 +240,10 @@ def layer_quantities(
     need_bias: bool,
     wanted: Collection[str],
     empty: Allocator = fresh,
+    scratch: Scratch = per_sample.fresh_scratch,
 ) -> LayerResult:
     """Dispatch on the (exact) module class; see :func:`linear_quantities`."""
     with torch.no_grad():
         if type(module) is nn.Linear:
             return linear_quantities(x, g, need_weight, need_bias, wanted, empty)
-        return conv2d_quantities(module, x, g, need_weight, need_bias, wanted, empty)
+        return conv2d_quantities(module, x, g, need_weight, need_bias, wanted, empty, scratch)

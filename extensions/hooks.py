@@ -374,6 +374,7 @@ class _FirstOrder(torch.autograd.Function):
                 need_b and ctx.has_bias,
                 session.first,
                 session.allocator(module),
+                session.buffers.scratch,
             )
         session.store(module, res)
         autograd_weight = need_w and res.grad_weight is None

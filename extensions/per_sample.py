@@ -26,7 +26,7 @@ import ctypes
 import ctypes.util
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,17 @@ def empty_large(shape: tuple[int, ...], like: Tensor) -> Tensor:
         if stop > start:
             madvise(start, stop - start, _MADV_HUGEPAGE)
     return out
+
+
+#: ``scratch(name, numel, like)``: a flat temporary of ``numel`` elements that the caller may
+#: overwrite freely and drops before it asks for ``name`` again (a session passes
+#: :meth:`extensions.buffers.BufferPool.scratch`, which reuses one buffer per name on CPU)
+Scratch = Callable[[str, int, Tensor], Tensor]
+
+
+def fresh_scratch(name: str, numel: int, like: Tensor) -> Tensor:
+    """Allocate a new buffer on every call (the default :data:`Scratch`)."""
+    return empty_large((numel,), like)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,6 +212,15 @@ def conv2d_unfold(x: Tensor, module: nn.Conv2d) -> Tensor:
     return patches.reshape(n, c * kh * kw, ho * wo)
 
 
+def conv2d_unfold_into(x: Tensor, module: nn.Conv2d, buf: Tensor) -> Tensor:
+    """:func:`conv2d_unfold` written into the flat ``buf`` (at least ``N*K*T`` elements)."""
+    patches = conv2d_patches(x, module)
+    n, c, kh, kw, ho, wo = patches.shape
+    out = buf[: patches.numel()].view(patches.shape)
+    out.copy_(patches)
+    return out.view(n, c * kh * kw, ho * wo)
+
+
 def conv2d_chunk_size(x: Tensor, module: nn.Conv2d, g: Tensor, rows: int | None = None) -> int:
     """Return the samples per chunk (bounded by the unfold, output-gradient and result sizes).
 
@@ -226,31 +246,43 @@ def conv2d_weight_chunks(
     module: nn.Conv2d,
     chunk_size: int | None = None,
     out: Tensor | None = None,
+    scratch: Scratch | None = None,
 ) -> Iterator[tuple[int, int, Tensor]]:
     """Per-row weight gradients in chunks of samples: yields ``(start, stop, [V, n, Cout, K])``.
 
     ``start:stop`` indexes samples (the chunk covers rows ``v*N + start:stop`` for every v),
     ``K = Cin*kh*kw``. Peak extra memory is one chunk's unfolded input and result. With ``out``
     (``[V, N, Cout, K]``, contiguous) the blocks are written straight into it (no extra copy).
+    With ``scratch``, each chunk's unfolded input goes into its ``"unfold"`` temporary and, without
+    ``out``, each block into its ``"rows"`` temporary: a block is then valid only until the next
+    one is yielded (square it in place if you like), and nothing is allocated per chunk.
     """
     n = x.shape[0]
     v = _rows_per_sample(x, g)
     gv = g.reshape(v, n, g.shape[1], -1)  # [V, N, Cout, T]
     step = chunk_size or conv2d_chunk_size(x, module, g)
+    cout, k = g.shape[1], module.weight[0].numel()
     for start in range(0, n, step):
         stop = min(n, start + step)
-        unfolded = conv2d_unfold(x[start:stop], module).transpose(1, 2)  # [n, T, K]
-        if out is None:
-            yield start, stop, torch.matmul(gv[:, start:stop], unfolded)
-        elif v == 1:
-            block = out[:, start:stop]
-            torch.bmm(gv[0, start:stop], unfolded, out=block[0])
-            yield start, stop, block
+        m = stop - start
+        if scratch is None:
+            unfolded = conv2d_unfold(x[start:stop], module)
         else:
+            unfolded = conv2d_unfold_into(
+                x[start:stop], module, scratch("unfold", m * k * gv.shape[-1], x)
+            )
+        unfolded = unfolded.transpose(1, 2)  # [n, T, K]
+        if out is not None:
             block = out[:, start:stop]
-            for i in range(v):
-                torch.bmm(gv[i, start:stop], unfolded, out=block[i])
-            yield start, stop, block
+        elif scratch is not None:
+            block = scratch("rows", v * m * cout * k, g).view(v, m, cout, k)
+        else:
+            yield start, stop, torch.matmul(gv[:, start:stop], unfolded)
+            continue
+        for i in range(v):
+            torch.bmm(gv[i, start:stop], unfolded, out=block[i])
+        yield start, stop, block
+        del block, unfolded  # drop the temporaries' views: the next chunk reuses them
 
 
 def conv2d_weight(x: Tensor, g: Tensor, module: nn.Conv2d, chunk_size: int | None = None) -> Tensor:
