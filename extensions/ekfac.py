@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from extensions import device_defaults, per_sample
 
@@ -37,7 +38,8 @@ CORRECTION_CHUNK_ELEMENTS = device_defaults.CPU["CORRECTION_CHUNK_ELEMENTS"]  # 
 
 def eigenbasis(factor: Tensor) -> Tensor:
     """Eigenvectors (columns, ascending eigenvalues) of a symmetric Kronecker factor."""
-    return torch.linalg.eigh(factor).eigenvectors
+    with record_function("extensions::ekfac::eigh"):
+        return torch.linalg.eigh(factor).eigenvectors
 
 
 def rows_basis_is_cheaper(rows: Tensor) -> bool:
@@ -240,7 +242,8 @@ class EkfacTarget:
                 return
             self.form_basis(engine, pos)
         q_b, q_a = self.bases[pos]
-        lam, lam_b = corrections(rec, mat, q_b, q_a, engine.extraction_elements(mat))
+        with record_function("extensions::ekfac::correction"):
+            lam, lam_b = corrections(rec, mat, q_b, q_a, engine.extraction_elements(mat))
         if pos in self.lam:
             old = self.lam[pos]
             self.lam[pos] = [None if lam is None else old[0] + lam, old[1] + lam_b]

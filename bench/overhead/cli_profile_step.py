@@ -16,6 +16,7 @@ import torch
 
 from bench import options
 from bench.overhead import profile_step
+from bench.overhead.peers import NEW_QUANTITIES
 from bench.overhead.problem_setup import TINY_PROBLEMS, registered_problems
 from bench.spec import QUANTITIES
 
@@ -36,11 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=options.one_of_listed(valid, TINY_PROBLEMS, "problem"),
         help=", ".join(valid),
     )
+    quantities = (*QUANTITIES, *NEW_QUANTITIES)
     parser.add_argument(
         "quantity",
-        type=options.one_of(QUANTITIES, "quantity"),
+        type=options.one_of(quantities, "quantity"),
         metavar="quantity",
-        help=", ".join(QUANTITIES),
+        help=", ".join(quantities),
     )
     parser.add_argument("--batch-size", type=options.positive_int, default=128)
     parser.add_argument(

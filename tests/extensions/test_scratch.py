@@ -107,3 +107,15 @@ def test_chunked_conv_quantities_with_a_pooled_scratch(wanted, monkeypatch):
         expected = {"unfold"}
     assert set(seen) == expected
     assert all(len(ptrs) == 1 for ptrs in seen.values()), seen  # reused, chunk after chunk
+
+
+def test_zeropad_backward_hands_on_a_contiguous_crop():
+    """A cropped view would make the next in-place ReLU backward 4x slower (strided kernel)."""
+    from extensions import derivatives
+    from extensions.trace import Record
+
+    pad = nn.ZeroPad2d((0, 1, 0, 1))
+    mat = torch.randn(2, 3, 4, 6, 6)
+    rec = Record(name="pad", position=0, module=pad, input=None, output=None, extra={})
+    out = derivatives.zeropad2d_jac_t(rec, mat)
+    assert out.is_contiguous() and torch.equal(out, mat[..., :5, :5])
