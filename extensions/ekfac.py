@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from extensions import device_defaults, per_sample
+from extensions import derivatives, device_defaults, per_sample
 
 #: elements of one chunk of rotated per-(column, sample) weight gradients ``[V, n, out, K]`` on
 #: the CPU (other devices: :data:`extensions.device_defaults.TABLE`)
@@ -115,6 +115,7 @@ def corrections(
     q_b: Tensor,
     q_a: Tensor | None,
     max_elements: int | None = None,
+    scratch: per_sample.Scratch = per_sample.fresh_scratch,
 ) -> tuple[Tensor | None, Tensor]:
     """``(lam [out, K] or None without q_a, lam_b [out])`` of one chunk of columns.
 
@@ -125,6 +126,7 @@ def corrections(
         q_a: input eigenbasis ``[K, K]`` (``None``: only the bias term).
         max_elements: bound on the elements of one chunk of rotated per-sample gradients
             (the memory budget's); the device's chunk size bounds it too (``None``: only that).
+        scratch: gives the large temporaries (rotated patches, chunks of per-sample gradients).
 
     """
     m = rec.module
@@ -141,18 +143,22 @@ def corrections(
     if max_elements is not None:
         chunk = min(chunk, max_elements)
     if conv and gradients_first(v, positions, out, k):
-        return _gradients_first_lam(rec, mat, q_b, q_a, chunk), lam_b
+        return _gradients_first_lam(rec, mat, q_b, q_a, chunk, scratch), lam_b
     s, u = _columns_and_patches(rec, mat)
     if positions == 1:  # (s_o u_k)^2 = s_o^2 u_k^2: no per-sample tensor at all
         s_rot, u_rot = s[:, :, 0] @ q_b, u[:, 0] @ q_a
         lam = torch.einsum("vno,nk->ok", s_rot.square(), u_rot.square())
         return lam, lam_b
-    s_rot, u_rot = s @ q_b, u @ q_a  # [V, n, S, out], [n, S, K]
+    s_rot = (s @ q_b).transpose(-1, -2)  # [V, n, out, S]
+    u_rot = torch.matmul(u, q_a, out=scratch("u_rot", u.numel(), u).view(u.shape))  # [n, S, K]
     lam = s_rot.new_zeros(out, k)
     step = max(1, chunk // max(1, v * out * k))
     for n0 in range(0, n, step):
-        g = torch.einsum("vnso,nsk->vnok", s_rot[:, n0 : n0 + step], u_rot[n0 : n0 + step])
+        s_c, u_c = s_rot[:, n0 : n0 + step], u_rot[n0 : n0 + step]
+        g = scratch("rotated", v * s_c.shape[1] * out * k, u).view(v, s_c.shape[1], out, k)
+        torch.matmul(s_c, u_c, out=g)  # [V, n, out, K]
         lam += g.square_().sum((0, 1))
+        del g
     return lam, lam_b
 
 
@@ -170,7 +176,14 @@ def gradients_first(v: int, positions: int, out: int, k: int) -> bool:
     return gradients < patches
 
 
-def _gradients_first_lam(rec: Any, mat: Tensor, q_b: Tensor, q_a: Tensor, chunk: int) -> Tensor:
+def _gradients_first_lam(
+    rec: Any,
+    mat: Tensor,
+    q_b: Tensor,
+    q_a: Tensor,
+    chunk: int,
+    scratch: per_sample.Scratch = per_sample.fresh_scratch,
+) -> Tensor:
     """``lam`` of a conv from ``G = s^T u`` rotated afterwards (:func:`gradients_first`).
 
     ``G`` comes from :func:`extensions.per_sample.conv2d_weight_chunks` in cache-sized sample
@@ -191,11 +204,15 @@ def _gradients_first_lam(rec: Any, mat: Tensor, q_b: Tensor, q_a: Tensor, chunk:
             cols = q_b.mT @ cols
         cols = cols.reshape(-1, out, *mat.shape[3:])
         x = rec.input[n0 : n0 + step]
-        for _, _, g in per_sample.conv2d_weight_chunks(x, cols, rec.module, step):
-            g = g @ q_a  # [V, n, out, K]
+        chunks = per_sample.conv2d_weight_chunks(x, cols, rec.module, step, scratch=scratch)
+        for _, _, g in chunks:
+            rotated = scratch("rotated", g.numel(), g).view(g.shape)
+            torch.matmul(g, q_a, out=rotated)  # [V, n, out, K]
+            del g
             if not left_first:
-                g = q_b.mT @ g
-            lam += g.square_().sum((0, 1))
+                rotated = q_b.mT @ rotated
+            lam += rotated.square_().sum((0, 1))
+            del rotated
     return lam
 
 
@@ -243,7 +260,9 @@ class EkfacTarget:
             self.form_basis(engine, pos)
         q_b, q_a = self.bases[pos]
         with record_function("extensions::ekfac::correction"):
-            lam, lam_b = corrections(rec, mat, q_b, q_a, engine.extraction_elements(mat))
+            elements = engine.extraction_elements(mat)
+            scratch = derivatives.scratch_for(rec)
+            lam, lam_b = corrections(rec, mat, q_b, q_a, elements, scratch)
         if pos in self.lam:
             old = self.lam[pos]
             self.lam[pos] = [None if lam is None else old[0] + lam, old[1] + lam_b]

@@ -391,7 +391,7 @@ def _spatial_positions(rec: Record) -> int:
 def _input_factor(rec: Record) -> Tensor:
     if isinstance(rec.module, nn.Linear):
         return kronecker.linear_input_factor(rec.input)
-    return kronecker.conv2d_input_factor(rec.input, rec.module)
+    return kronecker.conv2d_input_factor(rec.input, rec.module, derivatives.scratch_for(rec))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -303,9 +303,12 @@ def test_release_drops_the_pooled_buffers():
 
 
 @needs_second_order
-@pytest.mark.parametrize("quantity", ["DiagGGNExact", "DiagHessian", "KFLR"])
-def test_second_order_scratch_reuse_across_steps_keeps_results_exact(quantity):
-    """Max-pool scratch buffers come from the session's pool on the second step."""
+@pytest.mark.parametrize(
+    "quantity", ["DiagGGNExact", "DiagHessian", "KFLR", "EKFACExact", "SumGradSquared"]
+)
+def test_scratch_reuse_across_steps_keeps_results_exact(quantity):
+    """Scratch buffers (max-pool, patch matrices, rotated gradients) come from the session's
+    pool on the second step, holding the first step's values: the results stay exact."""
     model, loss_fn, x, y = problem(batch_size=4)
     x2 = torch.randn_like(x)
     with extensions.collect(model, loss_fn, quantity) as results:

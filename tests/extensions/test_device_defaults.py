@@ -32,7 +32,8 @@ def _correction_chunks(monkeypatch, device_row: str | None, max_elements: int | 
     """Sample chunks EKFAC's correction takes for an All-CNN-C 96->96 3x3 layer, N=128, V=100.
 
     Meta tensors stand in for the device: the table's row for ``device_row`` is put under
-    ``meta`` (``None``: meta has no row, so it gets the CPU value). Counts the einsum calls.
+    ``meta`` (``None``: meta has no row, so it gets the CPU value). Counts the chunks' requests
+    for a temporary of rotated per-sample gradients.
     """
     if device_row is not None:
         monkeypatch.setitem(device_defaults.TABLE, "meta", device_defaults.TABLE[device_row])
@@ -41,10 +42,13 @@ def _correction_chunks(monkeypatch, device_row: str | None, max_elements: int | 
     mat = torch.empty(100, 128, 96, 8, 8, device="meta")
     q_b, q_a = torch.empty(96, 96, device="meta"), torch.empty(864, 864, device="meta")
     calls = []
-    einsum = torch.einsum
-    monkeypatch.setattr(torch, "einsum", lambda *a: calls.append(a[0]) or einsum(*a))
-    ekfac.corrections(rec, mat, q_b, q_a, max_elements)
-    return calls.count("vnso,nsk->vnok")
+
+    def scratch(name, numel, like):
+        calls.append(name)
+        return like.new_empty(numel)
+
+    ekfac.corrections(rec, mat, q_b, q_a, max_elements, scratch)
+    return calls.count("rotated")
 
 
 def test_ekfac_correction_chunk_is_in_the_table_and_larger_on_cuda(monkeypatch):

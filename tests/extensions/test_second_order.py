@@ -443,8 +443,13 @@ def _factor_algorithms(geometry: dict) -> list[str]:
     [(g, a) for g in CONV_GEOMETRIES for a in _factor_algorithms(g)],
     ids=lambda v: "-".join(map(str, v.values())) if isinstance(v, dict) else v,
 )
-def test_conv_input_factor_algorithms(geometry, algorithm, monkeypatch):
-    """Each A-factor algorithm (row/column shifts, unfold chunks) equals the F.unfold definition."""
+@pytest.mark.parametrize("temporaries", ["fresh", "dirty-scratch"])
+def test_conv_input_factor_algorithms(geometry, algorithm, temporaries, monkeypatch):
+    """Each A-factor algorithm (row/column shifts, unfold chunks) equals the F.unfold definition.
+
+    "dirty-scratch" hands every temporary out filled with NaN (a reused buffer holds the last
+    layer's values): each must be overwritten or zeroed before it is read.
+    """
     from extensions import kronecker
 
     structured = algorithm != "unfold"
@@ -459,7 +464,10 @@ def test_conv_input_factor_algorithms(geometry, algorithm, monkeypatch):
     conv = nn.Conv2d(3, 2, **geometry).double()
     x = torch.randn(4, 3, 11, 10, dtype=torch.float64)
     rec = Record("c", 0, conv, x, conv(x).detach())
-    _close(kronecker.conv2d_input_factor(x, conv), input_factor(rec), "A")
+    scratch = None
+    if temporaries == "dirty-scratch":
+        scratch = lambda name, numel, like: like.new_full((numel,), float("nan"))  # noqa: E731
+    _close(kronecker.conv2d_input_factor(x, conv, scratch), input_factor(rec), "A")
 
 
 @pytest.mark.parametrize(
