@@ -36,9 +36,6 @@ SUPPORTED_MODULES = (nn.Linear, nn.Conv2d)
 Allocator = Callable[[str, tuple[int, ...], Tensor], Tensor]
 
 
-Scratch = per_sample.Scratch
-
-
 def fresh(param: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """Allocate a new buffer on every call (the default :data:`Allocator`)."""
     return per_sample.empty_large(shape, like)
@@ -169,7 +166,7 @@ def conv2d_quantities(
     need_bias: bool,
     wanted: Collection[str],
     empty: Allocator = fresh,
-    scratch: Scratch = per_sample.fresh_scratch,
+    scratch: per_sample.Scratch = per_sample.fresh_scratch,
 ) -> LayerResult:
     """First-order quantities of ``nn.Conv2d`` (groups=1); the weight gradient only if derived.
 
@@ -240,7 +237,7 @@ def layer_quantities(
     need_bias: bool,
     wanted: Collection[str],
     empty: Allocator = fresh,
-    scratch: Scratch = per_sample.fresh_scratch,
+    scratch: per_sample.Scratch = per_sample.fresh_scratch,
 ) -> LayerResult:
     """Dispatch on the (exact) module class; see :func:`linear_quantities`."""
     with torch.no_grad():

@@ -69,17 +69,15 @@ def _conv_geometry(module: nn.Conv2d) -> tuple[tuple[int, int], ...]:
 
 
 def _patch_matrix(
-    x: Tensor, module: nn.Conv2d, scratch: per_sample.Scratch | None = None
+    x: Tensor, module: nn.Conv2d, scratch: per_sample.Scratch = per_sample.fresh_scratch
 ) -> Tensor:
     """Unfolded patches laid out as ``[C_in k_h k_w, N T]`` (one copy of a strided view).
 
-    With ``scratch`` the copy goes into its ``"patch_matrix"`` temporary.
+    The copy goes into ``scratch``'s ``"patch_matrix"`` temporary.
     """
     patches = per_sample.conv2d_patches(x, module)
     n, c, kh, kw, ho, wo = patches.shape
     permuted = patches.permute(1, 2, 3, 0, 4, 5)
-    if scratch is None:
-        return permuted.reshape(c * kh * kw, n * ho * wo)
     out = scratch("patch_matrix", permuted.numel(), x).view(permuted.shape)
     return out.copy_(permuted).view(c * kh * kw, n * ho * wo)
 
@@ -88,7 +86,7 @@ def conv2d_input_factor_unfold(
     x: Tensor,
     module: nn.Conv2d,
     max_elements: int = 2**26,
-    scratch: per_sample.Scratch | None = None,
+    scratch: per_sample.Scratch = per_sample.fresh_scratch,
 ) -> Tensor:
     """Compute the definition ``(1/N) sum_n U_n U_n^T`` from unfolded patches, in chunks.
 
@@ -96,7 +94,7 @@ def conv2d_input_factor_unfold(
         x: Layer input ``[N, C_in, H, W]``.
         module: The convolution.
         max_elements: Bound on the elements of one unfolded chunk.
-        scratch: gives the unfolded chunk's temporary (default: a new tensor per chunk).
+        scratch: gives the unfolded chunk's temporary (default: a new one per chunk).
 
     Returns:
         ``A`` of shape ``[K, K]``.
@@ -115,7 +113,7 @@ def conv2d_input_factor_unfold(
 
 
 def conv2d_input_factor(
-    x: Tensor, module: nn.Conv2d, scratch: per_sample.Scratch | None = None
+    x: Tensor, module: nn.Conv2d, scratch: per_sample.Scratch = per_sample.fresh_scratch
 ) -> Tensor:
     """``(1/N) sum_n sum_t u u^T`` over patches, from per-row Gram matrices of shifted inputs.
 
@@ -137,7 +135,7 @@ def conv2d_input_factor(
     Args:
         x: Layer input ``[N, C_in, H, W]``.
         module: The convolution (groups = 1, zero padding).
-        scratch: gives the unfolded patches' temporary where the fallback runs.
+        scratch: gives the temporaries (unfolded patches or the row algorithms' layouts).
 
     Returns:
         ``A`` of shape ``[C_in k_h k_w, C_in k_h k_w]``.
@@ -170,7 +168,7 @@ RowBlocks = Callable[[list[int], int], Callable[[list[int]], Tensor]]
 
 def row_block_algorithm(
     x: Tensor, module: nn.Conv2d
-) -> Callable[[Tensor, nn.Conv2d, per_sample.Scratch | None], RowBlocks]:
+) -> Callable[[Tensor, nn.Conv2d, per_sample.Scratch], RowBlocks]:
     """Pick the cheaper row-pair algorithm for ``module`` on images as wide as ``x``'s.
 
     Matmul columns per pair of input rows: stacked kernel columns ``k_w^2 W_out``; column shifts
@@ -197,11 +195,11 @@ def _unseen_columns(w: int, kw: int, pw: int) -> dict[int, list[int]]:
 
 
 def _kernel_column_blocks(
-    x: Tensor, module: nn.Conv2d, scratch: per_sample.Scratch | None = None
+    x: Tensor, module: nn.Conv2d, scratch: per_sample.Scratch = per_sample.fresh_scratch
 ) -> RowBlocks:
     """Row-pair blocks from the ``k_w`` kernel columns stacked into one ``[k_w C, N W_out]``.
 
-    With ``scratch`` the stacked columns go into its ``"row_columns"`` temporary.
+    The stacked columns are copied into ``scratch``'s ``"row_columns"`` temporary.
     """
     (_, kw), (_, sw), (ph, pw), (_, dw) = _conv_geometry(module)
     n, c = x.shape[:2]
@@ -210,9 +208,8 @@ def _kernel_column_blocks(
     # cols[u, (j, c), (n, b)] = xp[n, c, u, dw*j + sw*b]: what kernel column j sees in row u
     s_n, s_c, s_h, s_w = xp.stride()
     cols = xp.as_strided((xp.shape[-2], kw, c, n, wo), (s_h, dw * s_w, s_c, s_n, sw * s_w))
-    if scratch is not None:
-        cols = scratch("row_columns", cols.numel(), x).view(cols.shape).copy_(cols)
-    cols = cols.reshape(xp.shape[-2], kw * c, n * wo)
+    cols = scratch("row_columns", cols.numel(), x).view(cols.shape).copy_(cols)
+    cols = cols.view(xp.shape[-2], kw * c, n * wo)
 
     def row_blocks(needed: list[int], shift: int) -> Callable[[list[int]], Tensor]:
         left = _select_rows(cols, needed)
@@ -224,7 +221,7 @@ def _kernel_column_blocks(
 
 
 def _column_shift_blocks(
-    x: Tensor, module: nn.Conv2d, scratch: per_sample.Scratch | None = None
+    x: Tensor, module: nn.Conv2d, scratch: per_sample.Scratch = per_sample.fresh_scratch
 ) -> RowBlocks:
     """Row-pair blocks from one Gram per column shift (column stride and dilation 1).
 
@@ -233,16 +230,15 @@ def _column_shift_blocks(
     one input row, shifted by ``dj`` columns, are a plain strided view of the same storage: the
     products that reach into a neighbouring image row or the guards meet a zero. Kernel column
     ``j`` sees image columns ``[j - p_w, j - p_w + W_out)``; the Gram over all columns counts the
-    ones outside that range too, so their per-column products are subtracted. With ``scratch``
-    the layout goes into its ``"row_layout"`` temporary (zeroed).
+    ones outside that range too, so their per-column products are subtracted. The layout
+    lives in ``scratch``'s ``"row_layout"`` temporary (zeroed first).
     """
     (_, kw), _, (ph, pw), _ = _conv_geometry(module)
     n, c, h, w = x.shape
     e = kw - 1
     m = n * (w + 2 * e)  # one channel's share of an input row
     hp = h + 2 * ph
-    size = hp * c * m + 2 * e
-    buf = x.new_zeros(size) if scratch is None else scratch("row_layout", size, x).zero_()
+    buf = scratch("row_layout", hp * c * m + 2 * e, x).zero_()
     rows4 = buf[e : e + hp * c * m].view(hp, c, n, w + 2 * e)
     rows4[ph : ph + h, :, :, e : e + w] = x.permute(2, 1, 0, 3)
     unseen = _unseen_columns(w, kw, pw)

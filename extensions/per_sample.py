@@ -201,23 +201,17 @@ def conv2d_patches(x: Tensor, module: nn.Conv2d) -> Tensor:
     )
 
 
-def conv2d_unfold(x: Tensor, module: nn.Conv2d) -> Tensor:
+def conv2d_unfold(x: Tensor, module: nn.Conv2d, buf: Tensor | None = None) -> Tensor:
     """Input patches of a ``Conv2d`` (groups=1): ``x [N, Cin, H, W]`` -> ``[N, Cin*kh*kw, T]``.
 
     ``T = H_out * W_out``; the patch index is ordered like ``weight.flatten(1)``. Same values as
-    ``F.unfold``.
+    ``F.unfold``. With ``buf`` (flat, at least ``N*K*T`` elements) the patches are written into it.
     """
     patches = conv2d_patches(x, module)
     n, c, kh, kw, ho, wo = patches.shape
-    return patches.reshape(n, c * kh * kw, ho * wo)
-
-
-def conv2d_unfold_into(x: Tensor, module: nn.Conv2d, buf: Tensor) -> Tensor:
-    """:func:`conv2d_unfold` written into the flat ``buf`` (at least ``N*K*T`` elements)."""
-    patches = conv2d_patches(x, module)
-    n, c, kh, kw, ho, wo = patches.shape
-    out = buf[: patches.numel()].view(patches.shape)
-    out.copy_(patches)
+    if buf is None:
+        return patches.reshape(n, c * kh * kw, ho * wo)
+    out = buf[: patches.numel()].view(patches.shape).copy_(patches)
     return out.view(n, c * kh * kw, ho * wo)
 
 
@@ -265,13 +259,9 @@ def conv2d_weight_chunks(
     for start in range(0, n, step):
         stop = min(n, start + step)
         m = stop - start
-        if scratch is None:
-            unfolded = conv2d_unfold(x[start:stop], module)
-        else:
-            unfolded = conv2d_unfold_into(
-                x[start:stop], module, scratch("unfold", m * k * gv.shape[-1], x)
-            )
-        unfolded = unfolded.transpose(1, 2)  # [n, T, K]
+        buf = None if scratch is None else scratch("unfold", m * k * gv.shape[-1], x)
+        unfolded = conv2d_unfold(x[start:stop], module, buf).transpose(1, 2)  # [n, T, K]
+        del buf
         if out is not None:
             block = out[:, start:stop]
         elif scratch is not None:

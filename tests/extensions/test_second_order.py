@@ -450,7 +450,7 @@ def test_conv_input_factor_algorithms(geometry, algorithm, temporaries, monkeypa
     "dirty-scratch" hands every temporary out filled with NaN (a reused buffer holds the last
     layer's values): each must be overwritten or zeroed before it is read.
     """
-    from extensions import kronecker
+    from extensions import kronecker, per_sample
 
     structured = algorithm != "unfold"
     monkeypatch.setattr(kronecker, "use_structured_input_factor", lambda x, m: structured)
@@ -464,7 +464,7 @@ def test_conv_input_factor_algorithms(geometry, algorithm, temporaries, monkeypa
     conv = nn.Conv2d(3, 2, **geometry).double()
     x = torch.randn(4, 3, 11, 10, dtype=torch.float64)
     rec = Record("c", 0, conv, x, conv(x).detach())
-    scratch = None
+    scratch = per_sample.fresh_scratch
     if temporaries == "dirty-scratch":
         scratch = lambda name, numel, like: like.new_full((numel,), float("nan"))  # noqa: E731
     _close(kronecker.conv2d_input_factor(x, conv, scratch), input_factor(rec), "A")
