@@ -223,7 +223,7 @@ def conv2d_jac_t(rec: Record, mat: Tensor) -> Tensor:
     )
     weight = m.weight.detach()
     elements = device_defaults.tuned("JAC_T_CHUNK_ELEMENTS", flat.device, JAC_T_CHUNK_ELEMENTS)
-    rows = max(1, elements // max(1, out[0].numel()))
+    rows = device_defaults.thread_balanced(max(1, elements // max(1, out[0].numel())), out.device)
     for start in range(0, flat.shape[0], rows):
         out[start : start + rows] = F.conv_transpose2d(
             flat[start : start + rows],

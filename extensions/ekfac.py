@@ -152,7 +152,7 @@ def corrections(
     s_rot = (s @ q_b).transpose(-1, -2)  # [V, n, out, S]
     u_rot = torch.matmul(u, q_a, out=scratch("u_rot", u.numel(), u).view(u.shape))  # [n, S, K]
     lam = s_rot.new_zeros(out, k)
-    step = max(1, chunk // max(1, v * out * k))
+    step = device_defaults.thread_balanced(max(1, chunk // max(1, v * out * k)), mat.device)
     for n0 in range(0, n, step):
         s_c, u_c = s_rot[:, n0 : n0 + step], u_rot[n0 : n0 + step]
         g = scratch("rotated", v * s_c.shape[1] * out * k, u).view(v, s_c.shape[1], out, k)
@@ -196,6 +196,7 @@ def _gradients_first_lam(
     left_first = positions <= k  # rotate the columns by Q_B before, else G after
     step = per_sample.conv2d_chunk_size(rec.input, rec.module, mat[0], rows=v)
     step = max(1, min(step, chunk // max(1, 2 * v * out * k)))
+    step = device_defaults.thread_balanced(step, mat.device)
     lam = mat.new_zeros(out, k)
     for n0 in range(0, n, step):
         # [V, n, out, S]: a chunk-sized copy where mat is a cropped view (after a ZeroPad2d)

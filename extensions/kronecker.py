@@ -145,16 +145,21 @@ def conv2d_input_factor(
     n, c = x.shape[:2]
     if not use_structured_input_factor(x, module):
         return conv2d_input_factor_unfold(x, module, scratch=scratch)
-    ho = (x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    h = x.shape[-2]
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     row_blocks = row_block_algorithm(x, module)(x, module, scratch)
     a6 = x.new_empty(c, kh, kw, c, kh, kw)
     for di in range(kh):
         starts = [dh * i for i in range(kh - di)]
-        needed = sorted({u0 + sh * a for u0 in starts for a in range(ho)})
+        # a padding row on either side of a pair contributes nothing: leave the pair out
+        live = [u for u in range(ph, ph + h) if u + dh * di < ph + h]
+        seen = [[u0 + sh * a for a in range(ho)] for u0 in starts]
+        needed = sorted({u for rows in seen for u in rows}.intersection(live))
         where = {u: k for k, u in enumerate(needed)}
-        blocks_of = row_blocks(needed, dh * di)
-        for i, u0 in enumerate(starts):
-            block = blocks_of([where[u0 + sh * a] for a in range(ho)])  # [c, j, c', j']
+        blocks_of = row_blocks(needed, dh * di) if needed else None
+        for i, rows in enumerate(seen):
+            picked = [where[u] for u in rows if u in where]
+            block = blocks_of(picked) if picked else x.new_zeros(c, kw, c, kw)  # [c, j, c', j']
             a6[:, i, :, :, i + di, :] = block
             if di > 0:
                 a6[:, i + di, :, :, i, :] = block.permute(2, 3, 0, 1)

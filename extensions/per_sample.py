@@ -231,7 +231,8 @@ def conv2d_chunk_size(x: Tensor, module: nn.Conv2d, g: Tensor, rows: int | None 
     by_unfold = unfold_elements // max(k * t, 1)
     by_grad = unfold_elements // max(v * module.out_channels * t, 1)
     by_rows = rows_elements // max(v * module.out_channels * k, 1)
-    return max(1, min(x.shape[0], by_unfold, by_grad, by_rows))
+    step = max(1, min(x.shape[0], by_unfold, by_grad, by_rows))
+    return device_defaults.thread_balanced(step, x.device)
 
 
 def conv2d_weight_chunks(

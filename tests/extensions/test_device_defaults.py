@@ -58,3 +58,48 @@ def test_ekfac_correction_chunk_is_in_the_table_and_larger_on_cuda(monkeypatch):
     assert _correction_chunks(monkeypatch, None, None) == 128
     assert _correction_chunks(monkeypatch, "cuda", None) == 128 // 8
     assert _correction_chunks(monkeypatch, "cuda", 4 * 100 * 96 * 864) == 128 // 4
+
+
+def test_thread_balanced_rounds_cpu_chunks_down_to_a_multiple_of_the_threads(monkeypatch):
+    cpu, cuda, meta = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert [device_defaults.thread_balanced(s, cpu) for s in (1, 2, 3, 35, 36)] == [1, 2, 2, 34, 36]
+    assert device_defaults.thread_balanced(3, meta) == 2  # no row of its own: a CPU
+    assert device_defaults.thread_balanced(3, cuda) == 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert [device_defaults.thread_balanced(s, cpu) for s in (3, 4, 10, 37)] == [3, 4, 8, 36]
+
+
+def _conv5_correction_chunk_samples(monkeypatch, threads: int) -> set[int]:
+    """Samples per chunk of EKFAC-MC's correction on All-CNN-C's conv5 (192->192 3x3 on 16x16).
+
+    The memory bounds alone give 3 samples a chunk (2**21 // (2 * 192 * 1728)).
+    """
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    conv = nn.Conv2d(192, 192, 3, padding=1, device="meta")
+    rec = SimpleNamespace(module=conv, input=torch.empty(128, 192, 16, 16, device="meta"))
+    mat = torch.empty(1, 128, 192, 16, 16, device="meta")
+    q_b, q_a = torch.empty(192, 192, device="meta"), torch.empty(1728, 1728, device="meta")
+    sizes = []
+
+    def scratch(name, numel, like):
+        if name == "rotated":
+            sizes.append(numel // (192 * 1728))
+        return like.new_empty(numel)
+
+    ekfac.corrections(rec, mat, q_b, q_a, None, scratch)
+    assert sum(sizes) == 128
+    return set(sizes)
+
+
+def test_cpu_chunks_of_batched_gemms_are_a_multiple_of_the_threads(monkeypatch):
+    """An odd chunk leaves one of 2 threads idle for its last sample (74 vs 95-100 GMAC/s)."""
+    assert _conv5_correction_chunk_samples(monkeypatch, 1) == {3, 2}  # 42 chunks of 3, one of 2
+    assert _conv5_correction_chunk_samples(monkeypatch, 2) == {2}
+    conv1 = nn.Conv2d(3, 64, 5)  # 3C3D's first layer at N=128: the cache bound is 35 samples
+    x = torch.empty(128, 3, 32, 32, device="meta")
+    g = torch.empty(128, 64, 28, 28, device="meta")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert per_sample.conv2d_chunk_size(x, conv1, g) == 35
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert per_sample.conv2d_chunk_size(x, conv1, g) == 34

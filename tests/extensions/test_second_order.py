@@ -428,6 +428,7 @@ CONV_GEOMETRIES = [
     dict(kernel_size=3, padding=3),  # every kernel column sees every image column
     dict(kernel_size=3, stride=(3, 1), padding=1),  # rows of a row shift not one progression
     dict(kernel_size=(2, 4)),  # no padding: boundary columns on both sides
+    dict(kernel_size=3, dilation=(6, 1), padding=(6, 1)),  # kernel rows 0 and 2 never share data
 ]
 
 
