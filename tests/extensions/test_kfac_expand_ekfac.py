@@ -22,10 +22,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 import extensions
-from extensions import ekfac, losses
+from extensions import ekfac, losses, per_sample
 from tests.extensions.nets import LOSS_CASES, make_problem, net_case
 from tests.extensions.test_second_order import (
     _close,
@@ -331,13 +332,20 @@ def _orthogonal(k: int, gen: torch.Generator) -> Tensor:
 
 def _lam_by_definition(rec, mat: Tensor, q_b: Tensor, q_a: Tensor) -> tuple[Tensor, Tensor]:
     """``sum_{v,n} (Q_B^T G_{v,n} Q_A)^2`` from explicit per-(column, sample) gradients."""
-    s, u = ekfac._columns_and_patches(rec, mat)  # [V, n, S, out], [n, S, K]
+    m = rec.module
+    if isinstance(m, nn.Conv2d):  # the unfolded input, by torch's own im2col
+        geometry = dict(dilation=m.dilation, padding=m.padding, stride=m.stride)
+        u = F.unfold(rec.input, m.kernel_size, **geometry).transpose(1, 2)  # [n, S, K]
+        s = mat.flatten(3).transpose(2, 3)  # [V, n, S, out]
+    else:
+        u, s = rec.input.unsqueeze(1), mat.unsqueeze(2)
     g = torch.einsum("vnso,nsk->vnok", s, u)
     lam = (q_b.T @ g @ q_a).square().sum((0, 1))
     lam_b = (s.sum(2) @ q_b).square().sum((0, 1))
     return lam, lam_b
 
 
+@pytest.mark.parametrize("temporaries", ["fresh", "dirty-scratch"])
 @pytest.mark.parametrize("order", ["patches", "gradients"])
 @pytest.mark.parametrize(
     ("layer", "in_shape"),
@@ -348,8 +356,13 @@ def _lam_by_definition(rec, mat: Tensor, q_b: Tensor, q_a: Tensor) -> tuple[Tens
     ],
     ids=["conv-S25-K27", "conv-S16-K8", "linear"],
 )
-def test_ekfac_correction_equals_its_definition_either_way(layer, in_shape, order, monkeypatch):
-    """Both orders (rotate the patches, or form G and rotate it), in several sample chunks."""
+def test_ekfac_correction_equals_its_definition_either_way(
+    layer, in_shape, order, temporaries, monkeypatch
+):
+    """Both orders (rotate the patches, or form G and rotate it), in several sample chunks.
+
+    "dirty-scratch" hands every temporary out NaN-filled (a reused buffer holds old values).
+    """
     gen = torch.Generator().manual_seed(0)
     layer = layer.double()
     x = torch.randn(5, *in_shape, dtype=torch.float64, generator=gen)
@@ -361,7 +374,11 @@ def test_ekfac_correction_equals_its_definition_either_way(layer, in_shape, orde
     k = layer.weight[0].numel()
     q_b, q_a = _orthogonal(out.shape[1], gen), _orthogonal(k, gen)
     monkeypatch.setattr(ekfac, "gradients_first", lambda *a: order == "gradients")
-    lam, lam_b = ekfac.corrections(rec, mat, q_b, q_a, max_elements=2 * 3 * out.shape[1] * k)
+    scratch = per_sample.fresh_scratch
+    if temporaries == "dirty-scratch":
+        scratch = lambda name, numel, like: like.new_full((numel,), float("nan"))  # noqa: E731
+    elements = 2 * 3 * out.shape[1] * k
+    lam, lam_b = ekfac.corrections(rec, mat, q_b, q_a, max_elements=elements, scratch=scratch)
     expected, expected_b = _lam_by_definition(rec, mat, q_b, q_a)
     _close(lam, expected, "lam")
     _close(lam_b, expected_b, "lam_b")
