@@ -13,7 +13,10 @@ EKFAC's correction chunk (``ekfac.CORRECTION_CHUNK_ELEMENTS``, rotated per-sampl
 out, K]``, squared in place) is 2**21 elements on CPU (measured in the 3C3D EKFAC step: 3C3D conv3's
 correction 56-64 ms with 2**23, 54-56 ms with 2**21, a fresh 32 MiB chunk costing page faults) and
 2**26 on CUDA, the 256 MiB cap above: each chunk is one einsum (one batched GEMM) whose launch cost
-a larger chunk no longer amortises noticeably at 3C3D/All-CNN-C sizes.
+a larger chunk no longer amortises noticeably at 3C3D/All-CNN-C sizes. The per-sample conv
+weight gradient ``[Cout, T] x [T, K]`` is formed transposed (``[K, T] x [T, Cout]``, then copied
+into place) for ``K <= TRANSPOSED_PRODUCT_MAX_K`` on CPU, where MKL runs the narrow product slowly
+(see ``per_sample``); never on CUDA (not measured there).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ TABLE: dict[str, dict[str, int]] = {
         "GRAM_BLOCK_ROWS": 192,
         "GRAM_MAX_BLOCKS": 6,
         "CORRECTION_CHUNK_ELEMENTS": 2**21,
+        "TRANSPOSED_PRODUCT_MAX_K": 127,
     },
     "cuda": {  # untested on a GPU (see the module docstring)
         "UNFOLD_CHUNK_ELEMENTS": 2**25,
@@ -37,6 +41,7 @@ TABLE: dict[str, dict[str, int]] = {
         "GRAM_BLOCK_ROWS": 192,
         "GRAM_MAX_BLOCKS": 1,
         "CORRECTION_CHUNK_ELEMENTS": 2**26,
+        "TRANSPOSED_PRODUCT_MAX_K": 0,
     },
 }
 CPU = TABLE["cpu"]

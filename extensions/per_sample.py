@@ -41,6 +41,12 @@ UNFOLD_CHUNK_ELEMENTS = device_defaults.CPU["UNFOLD_CHUNK_ELEMENTS"]  # 2**21
 #: from them should not stream through main memory; measured on the 3C3D and All-CNN-C convs
 #: with 1 and 10 rows per sample, 2-4 M elements per chunk are fastest)
 ROWS_CHUNK_ELEMENTS = device_defaults.CPU["ROWS_CHUNK_ELEMENTS"]  # 2**22
+#: up to this ``K = Cin kh kw`` a per-sample conv weight gradient ``[Cout, T] x [T, K]`` is formed
+#: as ``[K, T] x [T, Cout]`` and copied into place: MKL's batched product with few (K) output
+#: columns is slow (2 CPU threads, float32, GMAC/s plain / transposed incl. the copy, T = 784:
+#: K = 25: 32 / 48, K = 75: 54 / 66, K = 150: 77 / 84, K = 288: 94 / 87; T = 144: K = 75: 59 / 63,
+#: K = 150: 68 / 62). 3C3D's conv1 (K = 75) and All-CNN-C's (K = 27) take it.
+TRANSPOSED_PRODUCT_MAX_K = device_defaults.CPU["TRANSPOSED_PRODUCT_MAX_K"]  # 127
 
 
 #: buffers at least this large get transparent huge pages (CPU, Linux)
@@ -257,23 +263,41 @@ def conv2d_weight_chunks(
     gv = g.reshape(v, n, g.shape[1], -1)  # [V, N, Cout, T]
     step = chunk_size or conv2d_chunk_size(x, module, g)
     cout, k = g.shape[1], module.weight[0].numel()
+    narrow = k <= device_defaults.tuned(
+        "TRANSPOSED_PRODUCT_MAX_K", x.device, TRANSPOSED_PRODUCT_MAX_K
+    )
     for start in range(0, n, step):
         stop = min(n, start + step)
         m = stop - start
         buf = None if scratch is None else scratch("unfold", m * k * gv.shape[-1], x)
-        unfolded = conv2d_unfold(x[start:stop], module, buf).transpose(1, 2)  # [n, T, K]
+        unfolded = conv2d_unfold(x[start:stop], module, buf)  # [n, K, T]
         del buf
         if out is not None:
             block = out[:, start:stop]
         elif scratch is not None:
             block = scratch("rows", v * m * cout * k, g).view(v, m, cout, k)
         else:
-            yield start, stop, torch.matmul(gv[:, start:stop], unfolded)
-            continue
+            block = g.new_empty(v, m, cout, k)
         for i in range(v):
-            torch.bmm(gv[i, start:stop], unfolded, out=block[i])
+            _conv_rows(gv[i, start:stop], unfolded, block[i], narrow, scratch)
         yield start, stop, block
         del block, unfolded  # drop the temporaries' views: the next chunk reuses them
+
+
+def _conv_rows(
+    g: Tensor, unfolded: Tensor, out: Tensor, narrow: bool, scratch: Scratch | None
+) -> None:
+    """``out [n, Cout, K] = g [n, Cout, T] @ unfolded [n, K, T]^T``.
+
+    ``narrow`` (:data:`TRANSPOSED_PRODUCT_MAX_K`): form ``[K, T] x [T, Cout]`` in ``scratch``'s
+    ``"rows_t"`` temporary, then copy it into ``out`` transposed.
+    """
+    if not narrow:
+        torch.bmm(g, unfolded.transpose(1, 2), out=out)
+        return
+    n, cout, k = out.shape
+    tmp = (scratch or fresh_scratch)("rows_t", n * k * cout, g).view(n, k, cout)
+    out.copy_(torch.bmm(unfolded, g.transpose(1, 2), out=tmp).transpose(1, 2))
 
 
 def conv2d_weight(x: Tensor, g: Tensor, module: nn.Conv2d, chunk_size: int | None = None) -> Tensor:

@@ -178,10 +178,14 @@ def _conv_rows_brute_force(x, g, conv):
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("narrow", [None, 0, 10**6], ids=["auto", "plain", "transposed"])
 @pytest.mark.parametrize("chunk", [None, 2], ids=["auto-chunk", "chunk2"])
 @pytest.mark.parametrize("v", [1, 3], ids=["V1", "V3"])
 @pytest.mark.parametrize("make,size", [c[1:] for c in CONVS], ids=[c[0] for c in CONVS])
-def test_conv2d_kernels(make, size, v, chunk):
+def test_conv2d_kernels(make, size, v, chunk, narrow, monkeypatch):
+    """Per-row kernels vs autograd; ``narrow``: the K bound of the transposed product."""
+    if narrow is not None:
+        monkeypatch.setattr(per_sample, "TRANSPOSED_PRODUCT_MAX_K", narrow)
     conv = make().double()
     x = torch.randn(5, conv.in_channels, size, size, dtype=torch.float64)
     out = conv(x)

@@ -73,10 +73,15 @@ def _brute_force(conv, x, g):
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("narrow", [False, True], ids=["plain-product", "transposed-product"])
 @pytest.mark.parametrize("wanted", SUBSETS, ids=lambda s: "+".join(s))
-def test_chunked_conv_quantities_with_a_pooled_scratch(wanted, monkeypatch):
-    """Several chunks per call, two calls: exact values, and one buffer per temporary's name."""
+def test_chunked_conv_quantities_with_a_pooled_scratch(wanted, narrow, monkeypatch):
+    """Several chunks per call, two calls: exact values, and one buffer per temporary's name.
+
+    ``narrow``: the per-sample rows are formed transposed (``[K, T] x [T, Cout]``) and copied.
+    """
     monkeypatch.setattr(per_sample, "ROWS_CHUNK_ELEMENTS", 3 * 4 * 18)  # 3 samples per chunk
+    monkeypatch.setattr(per_sample, "TRANSPOSED_PRODUCT_MAX_K", 18 if narrow else 17)  # K = 18
     conv = nn.Conv2d(2, 4, 3, padding=1).double()
     x = torch.randn(8, 2, 5, 5, dtype=torch.float64)
     g = torch.randn(8, 4, 5, 5, dtype=torch.float64)
@@ -105,6 +110,8 @@ def test_chunked_conv_quantities_with_a_pooled_scratch(wanted, monkeypatch):
     expected = {"unfold"} | ({"squares"} if "BatchGrad" in wanted else {"rows"})
     if wanted == ["BatchGrad"]:
         expected = {"unfold"}
+    if narrow:
+        expected.add("rows_t")
     assert set(seen) == expected
     assert all(len(ptrs) == 1 for ptrs in seen.values()), seen  # reused, chunk after chunk
 
