@@ -111,7 +111,7 @@ def _columns_and_patches(
         patches = per_sample.conv2d_patches(rec.input, m)  # [n, c, kh, kw, ho, wo]
         n, c, kh, kw, ho, wo = patches.shape
         permuted = patches.permute(0, 4, 5, 1, 2, 3)  # [n, ho, wo, c, kh, kw]
-        u = scratch("patches", permuted.numel(), mat).view(permuted.shape).copy_(permuted)
+        u = scratch("patches", permuted.numel(), rec.input).view(permuted.shape).copy_(permuted)
         u = u.view(n, ho * wo, c * kh * kw)
     else:
         s = mat.unsqueeze(2)
