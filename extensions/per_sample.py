@@ -253,7 +253,8 @@ def conv2d_weight_chunks(
 
     ``start:stop`` indexes samples (the chunk covers rows ``v*N + start:stop`` for every v),
     ``K = Cin*kh*kw``. Peak extra memory is one chunk's unfolded input and result. With ``out``
-    (``[V, N, Cout, K]``, contiguous) the blocks are written straight into it (no extra copy).
+    (``[V, N, Cout, K]``, contiguous) the blocks are written straight into it (for ``K <=``
+    :data:`TRANSPOSED_PRODUCT_MAX_K` from a transposed ``"rows_t"`` temporary).
     With ``scratch``, each chunk's unfolded input goes into its ``"unfold"`` temporary and, without
     ``out``, each block into its ``"rows"`` temporary: a block is then valid only until the next
     one is yielded (square it in place if you like), and nothing is allocated per chunk.
