@@ -28,27 +28,40 @@ def test_conv_chunks_on_cuda_are_fewer_and_larger():
     assert on_cpu < 128 and on_cuda == 128  # one chunk for the whole batch on the GPU
 
 
-def _correction_chunks(monkeypatch, device_row: str | None, max_elements: int | None) -> int:
-    """Sample chunks EKFAC's correction takes for an All-CNN-C 96->96 3x3 layer, N=128, V=100.
+def _rotated_chunk_samples(channels: int, size: int, v: int, max_elements: int | None) -> list[int]:
+    """Samples per chunk of EKFAC's correction on a ``channels``-to-``channels`` 3x3 'same' conv.
 
-    Meta tensors stand in for the device: the table's row for ``device_row`` is put under
-    ``meta`` (``None``: meta has no row, so it gets the CPU value). Counts the chunks' requests
-    for a temporary of rotated per-sample gradients.
+    Meta tensors stand in for the device (N=128, ``V`` columns, ``size x size`` images); each
+    chunk's request for a temporary of rotated per-sample gradients ``[V, n, out, K]`` gives its
+    ``n``. The chunks cover the batch exactly once.
     """
-    if device_row is not None:
-        monkeypatch.setitem(device_defaults.TABLE, "meta", device_defaults.TABLE[device_row])
-    conv = nn.Conv2d(96, 96, 3, padding=1, device="meta")
-    rec = SimpleNamespace(module=conv, input=torch.empty(128, 96, 8, 8, device="meta"))
-    mat = torch.empty(100, 128, 96, 8, 8, device="meta")
-    q_b, q_a = torch.empty(96, 96, device="meta"), torch.empty(864, 864, device="meta")
-    calls = []
+    k = 9 * channels
+    conv = nn.Conv2d(channels, channels, 3, padding=1, device="meta")
+    rec = SimpleNamespace(module=conv, input=torch.empty(128, channels, size, size, device="meta"))
+    mat = torch.empty(v, 128, channels, size, size, device="meta")
+    q_b = torch.empty(channels, channels, device="meta")
+    q_a = torch.empty(k, k, device="meta")
+    samples = []
 
     def scratch(name, numel, like):
-        calls.append(name)
+        if name == "rotated":
+            samples.append(numel // (v * channels * k))
         return like.new_empty(numel)
 
     ekfac.corrections(rec, mat, q_b, q_a, max_elements, scratch)
-    return calls.count("rotated")
+    assert sum(samples) == 128
+    return samples
+
+
+def _correction_chunks(monkeypatch, device_row: str | None, max_elements: int | None) -> int:
+    """Sample chunks EKFAC's correction takes for an All-CNN-C 96->96 3x3 layer, N=128, V=100.
+
+    The table's row for ``device_row`` is put under ``meta`` (``None``: meta has no row, so it
+    gets the CPU value).
+    """
+    if device_row is not None:
+        monkeypatch.setitem(device_defaults.TABLE, "meta", device_defaults.TABLE[device_row])
+    return len(_rotated_chunk_samples(96, 8, 100, max_elements))
 
 
 def test_ekfac_correction_chunk_is_in_the_table_and_larger_on_cuda(monkeypatch):
@@ -76,20 +89,7 @@ def _conv5_correction_chunk_samples(monkeypatch, threads: int) -> set[int]:
     The memory bounds alone give 3 samples a chunk (2**21 // (2 * 192 * 1728)).
     """
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    conv = nn.Conv2d(192, 192, 3, padding=1, device="meta")
-    rec = SimpleNamespace(module=conv, input=torch.empty(128, 192, 16, 16, device="meta"))
-    mat = torch.empty(1, 128, 192, 16, 16, device="meta")
-    q_b, q_a = torch.empty(192, 192, device="meta"), torch.empty(1728, 1728, device="meta")
-    sizes = []
-
-    def scratch(name, numel, like):
-        if name == "rotated":
-            sizes.append(numel // (192 * 1728))
-        return like.new_empty(numel)
-
-    ekfac.corrections(rec, mat, q_b, q_a, None, scratch)
-    assert sum(sizes) == 128
-    return set(sizes)
+    return set(_rotated_chunk_samples(192, 16, 1, None))
 
 
 def test_cpu_chunks_of_batched_gemms_are_a_multiple_of_the_threads(monkeypatch):
